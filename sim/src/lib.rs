@@ -1,0 +1,1 @@
+//! Deterministic simulation of blobcache (see SIMULATION.md).
