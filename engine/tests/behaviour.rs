@@ -1,0 +1,370 @@
+//! Behaviour of the engine, one property per test, through the synchronous
+//! harness in `common`.
+
+mod common;
+
+use blobcache_engine::*;
+use common::{pattern, Harness};
+
+const BS: u64 = 100;
+
+#[test]
+fn written_file_reads_back_and_commits_uniform_blocks() {
+    let mut h = Harness::new(BS, 4);
+    let data = pattern(1050, 1);
+    let f = h.open("a", true, true);
+    h.write(f, 0, &data);
+    assert_eq!(h.read(f, 0, 2000), data);
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.store.data("a"), Some(&data[..]));
+    h.assert_layout("a", BS);
+    assert_eq!(h.read_all("a"), data);
+}
+
+#[test]
+fn empty_created_file_is_committed_at_flush() {
+    let mut h = Harness::new(BS, 2);
+    let f = h.open("empty", true, true);
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.store.data("empty"), Some(&[][..]));
+}
+
+#[test]
+fn clean_flush_commits_nothing() {
+    let mut h = Harness::new(BS, 2);
+    h.store.put_blob("x", pattern(250, 2));
+    let etag = h.store.blobs["x"].etag.clone();
+    let f = h.open("x", true, false);
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.store.blobs["x"].etag, etag);
+}
+
+#[test]
+fn blob_put_in_one_piece_reads_back_and_is_reblocked_on_write() {
+    let mut h = Harness::new(BS, 3);
+    let mut expected = pattern(730, 3);
+    h.store.put_blob("one", expected.clone());
+    assert_eq!(h.read_all("one"), expected);
+    let f = h.open("one", true, false);
+    h.write(f, 305, b"hello");
+    expected[305..310].copy_from_slice(b"hello");
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.store.data("one"), Some(&expected[..]));
+    h.assert_layout("one", BS);
+}
+
+#[test]
+fn non_uniform_block_list_is_read_and_rewritten_uniform() {
+    let mut h = Harness::new(BS, 3);
+    let mut expected = pattern(370, 4);
+    h.store
+        .put_blocks("odd", expected.clone(), &[50, 200, 20, 100], 10);
+    assert_eq!(h.read_all("odd"), expected);
+    let f = h.open("odd", true, false);
+    h.write(f, 0, b"Z");
+    expected[0] = b'Z';
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.store.data("odd"), Some(&expected[..]));
+    h.assert_layout("odd", BS);
+}
+
+#[test]
+fn unchanged_committed_blocks_are_reused_not_uploaded() {
+    let mut h = Harness::new(BS, 4);
+    let f = h.open("r", true, true);
+    h.write(f, 0, &pattern(1000, 5));
+    h.flush(f).unwrap();
+    h.release(f);
+    let before = h.engine.stats().bytes_staged;
+    let f = h.open("r", true, false);
+    h.write(f, 420, b"abc");
+    h.flush(f).unwrap();
+    h.release(f);
+    assert_eq!(
+        h.engine.stats().bytes_staged - before,
+        BS,
+        "only the written block is staged again"
+    );
+    let mut expected = pattern(1000, 5);
+    expected[420..423].copy_from_slice(b"abc");
+    assert_eq!(h.store.data("r"), Some(&expected[..]));
+}
+
+#[test]
+fn eviction_under_pressure_keeps_every_byte() {
+    // Two buffers for a file of 30 blocks: dirty blocks are written back
+    // and evicted, and read back through a commit.
+    let mut h = Harness::new(BS, 2);
+    let data = pattern(3000, 6);
+    let f = h.open("big", true, true);
+    for chunk in 0..30 {
+        h.write(
+            f,
+            chunk * 100,
+            &data[chunk as usize * 100..(chunk as usize + 1) * 100],
+        );
+    }
+    assert_eq!(h.read(f, 1234, 100), data[1234..1334].to_vec());
+    h.flush(f).unwrap();
+    h.release(f);
+    assert_eq!(h.store.data("big"), Some(&data[..]));
+    h.assert_layout("big", BS);
+    assert_eq!(h.read_all("big"), data);
+    assert!(h.engine.occupancy().buffers_allocated <= 2);
+}
+
+#[test]
+fn truncate_shrinks_and_grows_with_zeros() {
+    let mut h = Harness::new(BS, 3);
+    let data = pattern(450, 7);
+    h.store.put_blob("t", data.clone());
+    let f = h.open("t", true, false);
+    h.truncate(f, 130).unwrap();
+    h.truncate(f, 420).unwrap();
+    let mut expected = data[..130].to_vec();
+    expected.resize(420, 0);
+    assert_eq!(h.read(f, 0, 1000), expected);
+    h.flush(f).unwrap();
+    h.release(f);
+    assert_eq!(h.store.data("t"), Some(&expected[..]));
+    h.assert_layout("t", BS);
+}
+
+#[test]
+fn write_far_past_the_end_leaves_a_hole_of_zeros() {
+    let mut h = Harness::new(BS, 2);
+    let f = h.open("sparse", true, true);
+    h.write(f, 10, b"ab");
+    h.write(f, 777, b"cd");
+    let mut expected = vec![0u8; 779];
+    expected[10..12].copy_from_slice(b"ab");
+    expected[777..779].copy_from_slice(b"cd");
+    assert_eq!(h.read(f, 0, 1000), expected);
+    h.flush(f).unwrap();
+    h.release(f);
+    assert_eq!(h.store.data("sparse"), Some(&expected[..]));
+    h.assert_layout("sparse", BS);
+}
+
+#[test]
+fn open_with_truncate_empties_the_file() {
+    let mut h = Harness::new(BS, 2);
+    h.store.put_blob("o", pattern(300, 8));
+    let mode = OpenMode {
+        write: true,
+        truncate: true,
+        create: true,
+        exclusive: false,
+    };
+    let Ok(Reply::Opened { handle, size }) = h.call(Request::Open {
+        path: "o".into(),
+        mode,
+        mtime_ns: 1,
+    }) else {
+        panic!("open failed")
+    };
+    assert_eq!(size, 0);
+    h.write(handle, 0, b"new");
+    h.flush(handle).unwrap();
+    h.release(handle);
+    assert_eq!(h.store.data("o"), Some(&b"new"[..]));
+}
+
+#[test]
+fn failed_stage_is_sticky_and_nothing_partial_is_committed() {
+    let mut h = Harness::new(BS, 4);
+    h.store.put_blob("s", pattern(200, 9));
+    let before = h.store.blobs["s"].clone();
+    let f = h.open("s", true, false);
+    let request = h.submit(Request::Write {
+        handle: f,
+        offset: 0,
+        data: pattern(100, 1),
+        mtime_ns: 2,
+    });
+    assert!(
+        h.replies.contains_key(&request),
+        "a write into a whole block needs no I/O"
+    );
+    // The full block is staged in the background; that stage fails.
+    assert!(matches!(
+        h.pending.front().map(|c| &c.kind),
+        Some(IoKind::Stage { .. })
+    ));
+    h.fail_one(IoErrorKind::Failed);
+    assert!(matches!(h.flush(f), Err(EngineError::WriteFailed { .. })));
+    assert!(matches!(
+        h.call(Request::Write {
+            handle: f,
+            offset: 0,
+            data: vec![1],
+            mtime_ns: 3
+        }),
+        Err(EngineError::WriteFailed { .. })
+    ));
+    assert!(matches!(h.flush(f), Err(EngineError::WriteFailed { .. })));
+    h.release(f);
+    assert_eq!(h.store.blobs["s"].data, before.data);
+    assert_eq!(h.store.blobs["s"].etag, before.etag);
+    assert_eq!(h.engine.occupancy().pins, 0);
+}
+
+#[test]
+fn failed_fetch_fails_only_that_read_and_can_be_retried() {
+    let mut h = Harness::new(BS, 4);
+    let data = pattern(400, 10);
+    h.store.put_blob("f", data.clone());
+    let f = h.open("f", false, false);
+    let request = h.submit(Request::Read {
+        handle: f,
+        offset: 250,
+        len: 10,
+    });
+    h.fail_one(IoErrorKind::Failed);
+    assert!(matches!(
+        h.replies.remove(&request),
+        Some(Err(EngineError::Storage(_)))
+    ));
+    assert_eq!(h.read(f, 250, 10), data[250..260].to_vec());
+    h.release(f);
+}
+
+#[test]
+fn all_buffers_pinned_makes_a_request_wait_then_fail_in_bounded_time() {
+    let mut config = EngineConfig::new(BS, 1);
+    config.buffer_wait_timeout_ms = 500;
+    config.prefetch_blocks = 0;
+    let mut h = Harness::with_config(config);
+    h.store.put_blob("p", pattern(400, 11));
+    let a = h.open("p", false, false);
+    let b = h.open("p", false, false);
+    // The first read holds the only buffer while its fetch hangs.
+    let first = h.submit(Request::Read {
+        handle: a,
+        offset: 0,
+        len: 10,
+    });
+    let second = h.submit(Request::Read {
+        handle: b,
+        offset: 300,
+        len: 10,
+    });
+    assert!(!h.replies.contains_key(&second));
+    assert_eq!(h.engine.next_deadline(), Some(Millis(500)));
+    h.advance(501);
+    assert!(matches!(
+        h.replies.remove(&second),
+        Some(Err(EngineError::TimedOut(_)))
+    ));
+    h.run_io();
+    assert!(matches!(h.replies.remove(&first), Some(Ok(Reply::Data(_)))));
+    assert_eq!(h.engine.occupancy().pins, 0);
+}
+
+#[test]
+fn offsets_past_the_blob_limit_give_file_too_large() {
+    let mut h = Harness::new(BS, 2);
+    let f = h.open("huge", true, true);
+    let max = BS * MAX_BLOCKS_PER_BLOB;
+    let result = h.call(Request::Write {
+        handle: f,
+        offset: max,
+        data: vec![1],
+        mtime_ns: 1,
+    });
+    assert!(matches!(result, Err(EngineError::FileTooLarge { .. })));
+    let result = h.call(Request::Write {
+        handle: f,
+        offset: u64::MAX - 1,
+        data: vec![1, 2, 3],
+        mtime_ns: 1,
+    });
+    assert!(matches!(result, Err(EngineError::FileTooLarge { .. })));
+    assert!(matches!(
+        h.truncate(f, max + 1),
+        Err(EngineError::FileTooLarge { .. })
+    ));
+    assert_eq!(h.read(f, u64::MAX - 5, 100), Vec::<u8>::new());
+    h.release(f);
+}
+
+#[test]
+fn reused_buffers_never_show_another_files_bytes() {
+    let mut h = Harness::new(BS, 1);
+    h.store.put_blob("secret", vec![0xAB; 100]);
+    assert_eq!(h.read_all("secret"), vec![0xAB; 100]);
+    let f = h.open("fresh", true, true);
+    h.write(f, 5, b"x");
+    h.write(f, 150, b"y");
+    let got = h.read(f, 0, 1000);
+    let mut expected = vec![0u8; 151];
+    expected[5] = b'x';
+    expected[150] = b'y';
+    assert_eq!(got, expected);
+    h.release(f);
+}
+
+#[test]
+fn open_racing_the_last_release_sees_the_written_data() {
+    let mut h = Harness::new(BS, 4);
+    let f = h.open("race", true, true);
+    h.write(f, 0, b"data");
+    // Closed without a flush: the commit runs in the background.
+    let release = h.submit(Request::Release { handle: f });
+    assert!(h.replies.contains_key(&release));
+    let g = h.open("race", false, false);
+    assert_eq!(h.read(g, 0, 10), b"data".to_vec());
+    h.run_io();
+    h.release(g);
+    assert_eq!(h.store.data("race"), Some(&b"data"[..]));
+    assert_eq!(h.engine.occupancy().open_handles, 0);
+}
+
+#[test]
+fn unlinked_open_file_is_never_recreated() {
+    let mut h = Harness::new(BS, 2);
+    let f = h.open("gone", true, true);
+    h.write(f, 0, b"abc");
+    h.engine.unlink("gone");
+    h.store.blobs.remove("gone");
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    h.run_io();
+    assert!(h.store.data("gone").is_none());
+}
+
+#[test]
+fn blob_changed_by_another_client_is_seen_on_next_open() {
+    let mut config = EngineConfig::new(BS, 4);
+    config.attribute_timeout_ms = 100;
+    let mut h = Harness::with_config(config);
+    h.store.put_blob("c", b"old".to_vec());
+    assert_eq!(h.read_all("c"), b"old".to_vec());
+    h.store.put_blob("c", b"brand new".to_vec());
+    h.advance(200);
+    assert_eq!(h.read_all("c"), b"brand new".to_vec());
+}
+
+#[test]
+fn shutdown_commits_dirty_files_and_leaves_nothing_behind() {
+    let mut h = Harness::new(BS, 3);
+    let f = h.open("s1", true, true);
+    h.write(f, 0, &pattern(250, 12));
+    h.release(f);
+    assert_eq!(h.call(Request::Shutdown), Ok(Reply::Done));
+    assert_eq!(h.store.data("s1"), Some(&pattern(250, 12)[..]));
+    let occupancy = h.engine.occupancy();
+    assert_eq!(
+        (
+            occupancy.pins,
+            occupancy.io_pending,
+            occupancy.waiting_requests
+        ),
+        (0, 0, 0)
+    );
+}
