@@ -1,6 +1,14 @@
 //! Behaviour of the engine, one property per test, through the synchronous
 //! harness in `common`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::arithmetic_side_effects, clippy::unreachable)]
+
 mod common;
 
 use blobcache_engine::*;

@@ -3,6 +3,14 @@
 //! every step the engine's invariants hold (checked by the harness) and
 //! every read equals the model.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+#![allow(clippy::arithmetic_side_effects, clippy::unreachable)]
+
 mod common;
 
 use blobcache_engine::*;
