@@ -416,6 +416,15 @@ impl Engine {
         })
     }
 
+    /// Paths and attributes of every file that is open or has unsaved
+    /// changes (including new files not yet in storage).
+    pub fn live_files(&self) -> Vec<(String, FileAttr)> {
+        self.paths
+            .keys()
+            .filter_map(|path| self.attr(path).map(|attr| (path.clone(), attr)))
+            .collect()
+    }
+
     /// Whether a file is open through any handle.
     pub fn is_open(&self, path: &str) -> bool {
         self.paths
