@@ -35,9 +35,9 @@ pub(crate) fn to_u64(value: usize) -> Result<u64, EngineError> {
 pub(crate) fn copy_into(dst: &mut [u8], at: usize, src: &[u8]) -> Result<(), EngineError> {
     let end = at.checked_add(src.len()).ok_or_else(|| overflow("copy"))?;
     let len = dst.len();
-    let target = dst.get_mut(at..end).ok_or_else(|| {
-        EngineError::Internal(format!("copy of {end} bytes into a buffer of {len}"))
-    })?;
+    let target = dst
+        .get_mut(at..end)
+        .ok_or_else(|| EngineError::Internal(format!("copy of {end} bytes into a buffer of {len}")))?;
     target.copy_from_slice(src);
     Ok(())
 }
@@ -48,16 +48,15 @@ pub(crate) fn zero(dst: &mut [u8], from: usize, to: usize) -> Result<(), EngineE
         return Ok(());
     }
     let len = dst.len();
-    let target = dst.get_mut(from..to).ok_or_else(|| {
-        EngineError::Internal(format!("zeroing {from}..{to} of a buffer of {len}"))
-    })?;
+    let target = dst
+        .get_mut(from..to)
+        .ok_or_else(|| EngineError::Internal(format!("zeroing {from}..{to} of a buffer of {len}")))?;
     target.fill(0);
     Ok(())
 }
 
 /// The bytes `src[from..to]`.
 pub(crate) fn slice(src: &[u8], from: usize, to: usize) -> Result<&[u8], EngineError> {
-    src.get(from..to).ok_or_else(|| {
-        EngineError::Internal(format!("reading {from}..{to} of a buffer of {}", src.len()))
-    })
+    src.get(from..to)
+        .ok_or_else(|| EngineError::Internal(format!("reading {from}..{to} of a buffer of {}", src.len())))
 }

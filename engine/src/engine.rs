@@ -247,9 +247,7 @@ impl Engine {
             ));
         }
         if config.parallelism < 1 {
-            return Err(EngineError::InvalidConfig(
-                "parallelism must be at least 1".into(),
-            ));
+            return Err(EngineError::InvalidConfig("parallelism must be at least 1".into()));
         }
         if config.max_waiting_requests < 1 {
             return Err(EngineError::InvalidConfig(
@@ -302,20 +300,8 @@ impl Engine {
             return;
         }
         let kind = match req {
-            Request::Open {
-                path,
-                mode,
-                mtime_ns,
-            } => OpKind::Open {
-                path,
-                mode,
-                mtime_ns,
-            },
-            Request::Read {
-                handle,
-                offset,
-                len,
-            } => {
+            Request::Open { path, mode, mtime_ns } => OpKind::Open { path, mode, mtime_ns },
+            Request::Read { handle, offset, len } => {
                 let end = offset.saturating_add(u64::from(len));
                 OpKind::Read {
                     handle,
@@ -336,19 +322,8 @@ impl Engine {
                 done: 0,
                 mtime_ns,
             },
-            Request::Flush { handle } => OpKind::Flush {
-                handle,
-                wait_for: None,
-            },
-            Request::Truncate {
-                handle,
-                size,
-                mtime_ns,
-            } => OpKind::Truncate {
-                handle,
-                size,
-                mtime_ns,
-            },
+            Request::Flush { handle } => OpKind::Flush { handle, wait_for: None },
+            Request::Truncate { handle, size, mtime_ns } => OpKind::Truncate { handle, size, mtime_ns },
             Request::Release { handle } => {
                 let result = self.release(handle);
                 self.reply(request, result.map(|()| Reply::Done));
@@ -360,12 +335,7 @@ impl Engine {
                 OpKind::Shutdown
             }
         };
-        if self.shutting_down
-            && !matches!(
-                kind,
-                OpKind::Shutdown | OpKind::Flush { .. } | OpKind::Read { .. }
-            )
-        {
+        if self.shutting_down && !matches!(kind, OpKind::Shutdown | OpKind::Flush { .. } | OpKind::Read { .. }) {
             self.reply(request, Err(EngineError::ShuttingDown));
             return;
         }
@@ -455,14 +425,19 @@ impl Engine {
             let block_size = self.config.block_size;
             if let Some(file) = self.files.get_mut(&id) {
                 file.path = Some(to.to_string());
-                if let Some(version) = version {
-                    if file.etag.is_some() {
+                match version {
+                    Some(version) if file.etag.is_some() => {
                         file.etag = Some(version.etag);
-                        file.layout =
-                            layout_of(version.blocks.as_deref(), version.size, block_size);
+                        file.layout = layout_of(version.blocks.as_deref(), version.size, block_size);
                     }
+                    Some(_) => {}
+                    // The version under the new name is not known: what is
+                    // cached of a stored file can no longer be trusted.
+                    None if file.etag.is_some() => file.validated_at = None,
+                    None => {}
                 }
             }
+            self.discard_if_unused(id);
         }
         self.pump();
     }
@@ -521,14 +496,7 @@ impl Engine {
         size.div_ceil(self.config.block_size)
     }
 
-    fn queue_io(
-        &mut self,
-        file: FileId,
-        path: String,
-        kind: IoKind,
-        purpose: IoPurpose,
-        priority: Priority,
-    ) -> IoId {
+    fn queue_io(&mut self, file: FileId, path: String, kind: IoKind, purpose: IoPurpose, priority: Priority) -> IoId {
         let id = self.new_io_id();
         self.ios.insert(
             id,
@@ -539,8 +507,7 @@ impl Engine {
                 detached: false,
             },
         );
-        self.queued
-            .insert((priority, id), IoCommand { id, path, kind });
+        self.queued.insert((priority, id), IoCommand { id, path, kind });
         id
     }
 
@@ -566,9 +533,7 @@ impl Engine {
             if let Some(command) = self.queued.remove(&key) {
                 self.ios.remove(&id);
                 match command.kind {
-                    IoKind::Fetch { buffer, .. } | IoKind::Stage { buffer, .. } => {
-                        self.free_buffers.push(buffer)
-                    }
+                    IoKind::Fetch { buffer, .. } | IoKind::Stage { buffer, .. } => self.free_buffers.push(buffer),
                     IoKind::Load { .. } | IoKind::Commit { .. } => {}
                 }
             }
@@ -593,8 +558,7 @@ impl Engine {
         let mut victim: Option<(bool, u64, FileId, u64)> = None;
         for (&file_id, file) in &self.files {
             for (&index, block) in &file.blocks {
-                let evictable =
-                    matches!(block.state, BlockState::Ready(_)) && !block.dirty && block.pins == 0;
+                let evictable = matches!(block.state, BlockState::Ready(_)) && !block.dirty && block.pins == 0;
                 if !evictable || (for_prefetch && block.prefetched) {
                     continue;
                 }
@@ -611,13 +575,7 @@ impl Engine {
         let buffer = match block.state {
             BlockState::Ready(buffer) => buffer,
             other => {
-                file.blocks.insert(
-                    index,
-                    Block {
-                        state: other,
-                        ..block
-                    },
-                );
+                file.blocks.insert(index, Block { state: other, ..block });
                 return None;
             }
         };
@@ -662,20 +620,12 @@ impl Engine {
     }
 
     /// Lends a Ready block's buffer to an upload of its content.
-    fn stage_block(
-        &mut self,
-        file_id: FileId,
-        index: u64,
-        priority: Priority,
-    ) -> Result<(), EngineError> {
+    fn stage_block(&mut self, file_id: FileId, index: u64, priority: Priority) -> Result<(), EngineError> {
         let file = self
             .files
             .get(&file_id)
             .ok_or_else(|| internal("stage of an unknown file"))?;
-        let path = file
-            .path
-            .clone()
-            .ok_or_else(|| internal("stage of an unlinked file"))?;
+        let path = file.path.clone().ok_or_else(|| internal("stage of an unlinked file"))?;
         let len = to_usize(self.block_len(file.size, index)?)?;
         let block_id = self.new_block_id();
         let io = self.new_io_id();
@@ -715,11 +665,7 @@ impl Engine {
             IoCommand {
                 id: io,
                 path,
-                kind: IoKind::Stage {
-                    block_id,
-                    len,
-                    buffer,
-                },
+                kind: IoKind::Stage { block_id, len, buffer },
             },
         );
         Ok(())
@@ -833,9 +779,7 @@ impl Engine {
                     BlockState::Ready(_) => {
                         if let (false, Some(id)) = (block.dirty, &block.staged) {
                             ids.push(id.clone());
-                        } else if let (false, Some(id)) =
-                            (block.dirty, self.committed_id(file, index, len)?)
-                        {
+                        } else if let (false, Some(id)) = (block.dirty, self.committed_id(file, index, len)?) {
                             ids.push(id);
                         } else {
                             complete = false;
@@ -871,10 +815,7 @@ impl Engine {
                     block_ids: ids.clone(),
                     condition,
                 },
-                IoPurpose::Commit {
-                    block_ids: ids,
-                    size,
-                },
+                IoPurpose::Commit { block_ids: ids, size },
                 Priority::Demand,
             );
             let file = self
@@ -927,12 +868,7 @@ impl Engine {
 
     /// The committed id holding exactly block `index` of length `len`, if
     /// the committed version's layout lets it be reused.
-    fn committed_id(
-        &self,
-        file: &File,
-        index: u64,
-        len: u64,
-    ) -> Result<Option<BlockId>, EngineError> {
+    fn committed_id(&self, file: &File, index: u64, len: u64) -> Result<Option<BlockId>, EngineError> {
         let Layout::Uniform(ids) = &file.layout else {
             return Ok(None);
         };
@@ -953,9 +889,9 @@ impl Engine {
             .filter(|(_, task)| matches!(task.purpose, IoPurpose::Fetch { .. }))
             .filter(|(_, task)| {
                 self.files.get(&task.file).is_some_and(|f| {
-                    f.blocks.values().any(|b| {
-                        b.prefetched && b.pins == 0 && matches!(b.state, BlockState::Loading(_))
-                    })
+                    f.blocks
+                        .values()
+                        .any(|b| b.prefetched && b.pins == 0 && matches!(b.state, BlockState::Loading(_)))
                 })
             })
             .map(|(id, _)| *id)
@@ -986,11 +922,7 @@ impl Engine {
             .files
             .get(&file_id)
             .and_then(|f| f.blocks.get(&index))
-            .is_some_and(|b| {
-                b.prefetched
-                    && b.pins == 0
-                    && matches!(b.state, BlockState::Loading(id) if id == io)
-            });
+            .is_some_and(|b| b.prefetched && b.pins == 0 && matches!(b.state, BlockState::Loading(id) if id == io));
         if !is_unpinned_prefetch {
             return;
         }
@@ -1001,10 +933,7 @@ impl Engine {
     }
 
     fn release(&mut self, handle: HandleId) -> Result<(), EngineError> {
-        let state = self
-            .handles
-            .remove(&handle)
-            .ok_or(EngineError::BadHandle(handle.0))?;
+        let state = self.handles.remove(&handle).ok_or(EngineError::BadHandle(handle.0))?;
         let file_id = state.file;
         let file = self
             .files
@@ -1052,8 +981,7 @@ impl Engine {
             let Some(block) = file.blocks.get(&index) else {
                 continue;
             };
-            let discard =
-                block.dirty || block.staged.is_some() || matches!(block.state, BlockState::Staged);
+            let discard = block.dirty || block.staged.is_some() || matches!(block.state, BlockState::Staged);
             if discard && block.pins == 0 {
                 if let Some(block) = file.blocks.remove(&index) {
                     if let BlockState::Ready(buffer) = block.state {
@@ -1081,18 +1009,11 @@ impl Engine {
         if file.path.is_some() && file.changed && file.error.is_none() {
             return;
         }
-        let stale = file.path.is_none()
-            || file.validated_at.is_none()
-            || file.error.is_some()
-            || file.changed;
+        let stale = file.path.is_none() || file.validated_at.is_none() || file.error.is_some() || file.changed;
         if !stale && !file.blocks.is_empty() {
             return;
         }
-        if self
-            .ops
-            .iter()
-            .any(|op| op.pinned.is_some_and(|(f, _)| f == file_id))
-        {
+        if self.ops.iter().any(|op| op.pinned.is_some_and(|(f, _)| f == file_id)) {
             return;
         }
         let Some(mut file) = self.files.remove(&file_id) else {
@@ -1127,11 +1048,7 @@ impl Engine {
 
     fn unpin(&mut self, pinned: Option<(FileId, u64)>) {
         if let Some((file_id, index)) = pinned {
-            if let Some(block) = self
-                .files
-                .get_mut(&file_id)
-                .and_then(|f| f.blocks.get_mut(&index))
-            {
+            if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                 block.pins = block.pins.saturating_sub(1);
             }
         }
@@ -1154,13 +1071,10 @@ impl Engine {
         let file_id = task.file;
         match task.purpose {
             IoPurpose::Load => self.on_loaded(file_id, id, result),
-            IoPurpose::Fetch { block } => {
-                self.on_fetched(file_id, block, id, task.detached, buffer, result)
+            IoPurpose::Fetch { block } => self.on_fetched(file_id, block, id, task.detached, buffer, result),
+            IoPurpose::Stage { block, id: block_id } => {
+                self.on_staged(file_id, block, id, task.detached, block_id, buffer, result)
             }
-            IoPurpose::Stage {
-                block,
-                id: block_id,
-            } => self.on_staged(file_id, block, id, task.detached, block_id, buffer, result),
             IoPurpose::Commit { block_ids, size } => {
                 if let Some(buffer) = buffer {
                     self.free_buffers.push(buffer);
@@ -1170,12 +1084,7 @@ impl Engine {
         }
     }
 
-    fn on_loaded(
-        &mut self,
-        file_id: FileId,
-        io: IoId,
-        result: Result<IoDone, IoError>,
-    ) -> Result<(), EngineError> {
+    fn on_loaded(&mut self, file_id: FileId, io: IoId, result: Result<IoDone, IoError>) -> Result<(), EngineError> {
         let now = self.now;
         let block_size = self.config.block_size;
         let Some(file) = self.files.get_mut(&file_id) else {
@@ -1195,8 +1104,7 @@ impl Engine {
                     return Ok(());
                 }
                 if !same {
-                    let stale: Vec<Block> =
-                        std::mem::take(&mut file.blocks).into_values().collect();
+                    let stale: Vec<Block> = std::mem::take(&mut file.blocks).into_values().collect();
                     for block in stale {
                         match block.state {
                             BlockState::Ready(buffer) => self.free_buffers.push(buffer),
@@ -1242,10 +1150,7 @@ impl Engine {
             }
             Ok(other) => return Err(internal(format!("load completed with {other:?}"))),
             Err(error) => {
-                file.error = Some(EngineError::from_io(
-                    file.path.as_deref().unwrap_or("?"),
-                    &error,
-                ));
+                file.error = Some(EngineError::from_io(file.path.as_deref().unwrap_or("?"), &error));
             }
         }
         Ok(())
@@ -1273,8 +1178,7 @@ impl Engine {
                 if let Some(file) = self.files.get_mut(&file_id) {
                     if let Some(block) = file.blocks.remove(&index) {
                         if block.pins > 0 {
-                            file.error
-                                .get_or_insert(internal("a fetch lost its buffer"));
+                            file.error.get_or_insert(internal("a fetch lost its buffer"));
                         }
                     }
                 }
@@ -1347,10 +1251,7 @@ impl Engine {
     }
 
     fn block_len_of(&self, file_id: FileId, index: u64) -> Result<u64, EngineError> {
-        let file = self
-            .files
-            .get(&file_id)
-            .ok_or_else(|| internal("unknown file"))?;
+        let file = self.files.get(&file_id).ok_or_else(|| internal("unknown file"))?;
         self.block_len(file.size, index)
     }
 
@@ -1365,10 +1266,7 @@ impl Engine {
         buffer: Option<Vec<u8>>,
         result: Result<IoDone, IoError>,
     ) -> Result<(), EngineError> {
-        let background = self
-            .files
-            .get(&file_id)
-            .is_some_and(|f| f.background_stages > 0);
+        let background = self.files.get(&file_id).is_some_and(|f| f.background_stages > 0);
         let current = !detached
             && self
                 .files
@@ -1505,13 +1403,12 @@ impl Engine {
                     // Waiting for I/O when none is pending means waiting for
                     // buffers that a commit or a load needs: bounded in time.
                     Ok(Step::WaitIo) | Ok(Step::WaitBuffer) => {
-                        let deadline = *op.deadline.get_or_insert(
-                            self.now.saturating_add(self.config.buffer_wait_timeout_ms),
-                        );
+                        let deadline = *op
+                            .deadline
+                            .get_or_insert(self.now.saturating_add(self.config.buffer_wait_timeout_ms));
                         if self.now >= deadline {
                             self.unpin(op.pinned.take());
-                            self.stats.buffer_timeouts =
-                                self.stats.buffer_timeouts.saturating_add(1);
+                            self.stats.buffer_timeouts = self.stats.buffer_timeouts.saturating_add(1);
                             let message = format!(
                                 "no cache buffer became free within {} ms (all {} in use)",
                                 self.config.buffer_wait_timeout_ms, self.config.pool_buffers
@@ -1554,11 +1451,7 @@ impl Engine {
 
     fn step(&mut self, op: &mut Op) -> Result<Step, EngineError> {
         match &mut op.kind {
-            OpKind::Open {
-                path,
-                mode,
-                mtime_ns,
-            } => {
+            OpKind::Open { path, mode, mtime_ns } => {
                 let (path, mode, mtime_ns) = (path.clone(), *mode, *mtime_ns);
                 self.step_open(&path, mode, mtime_ns)
             }
@@ -1566,11 +1459,7 @@ impl Engine {
             OpKind::Write { .. } => self.step_write(op),
             OpKind::Flush { handle, wait_for } => {
                 let handle = *handle;
-                let file_id = self
-                    .handles
-                    .get(&handle)
-                    .ok_or(EngineError::BadHandle(handle.0))?
-                    .file;
+                let file_id = self.handles.get(&handle).ok_or(EngineError::BadHandle(handle.0))?.file;
                 let file = self
                     .files
                     .get(&file_id)
@@ -1631,12 +1520,7 @@ impl Engine {
         }
     }
 
-    fn step_open(
-        &mut self,
-        path: &str,
-        mode: OpenMode,
-        mtime_ns: u64,
-    ) -> Result<Step, EngineError> {
+    fn step_open(&mut self, path: &str, mode: OpenMode, mtime_ns: u64) -> Result<Step, EngineError> {
         let now = self.now;
         let file_id = match self.paths.get(path) {
             Some(&id) => id,
@@ -1680,18 +1564,14 @@ impl Engine {
         let busy = file.handles > 0 || file.changed || file.commit != CommitPhase::Idle;
         if file.error.is_some() && !busy {
             // A failed load: report it once and forget it.
-            let error = file
-                .error
-                .take()
-                .unwrap_or(EngineError::Storage(path.to_string()));
+            let error = file.error.take().unwrap_or(EngineError::Storage(path.to_string()));
             self.discard_if_unused(file_id);
             return Ok(Step::Done(Err(error)));
         }
         let fresh = file
             .validated_at
             .is_some_and(|at| now.0.saturating_sub(at.0) < attribute_timeout);
-        let needs_layout =
-            mode.write && matches!(file.layout, Layout::Unknown) && file.etag.is_some();
+        let needs_layout = mode.write && matches!(file.layout, Layout::Unknown) && file.etag.is_some();
         if (!busy && !fresh) || needs_layout {
             let with_blocks = mode.write;
             let io = self.queue_io(
@@ -1760,11 +1640,7 @@ impl Engine {
             return Err(internal("not a read"));
         };
         let handle = *handle;
-        let file_id = self
-            .handles
-            .get(&handle)
-            .ok_or(EngineError::BadHandle(handle.0))?
-            .file;
+        let file_id = self.handles.get(&handle).ok_or(EngineError::BadHandle(handle.0))?.file;
         let block_size = self.config.block_size;
         loop {
             let file = self
@@ -1785,10 +1661,7 @@ impl Engine {
                 Some(BlockState::Ready(buffer)) => {
                     out.extend_from_slice(slice(buffer, within, take_end)?);
                     let last_use = self.touch();
-                    let file = self
-                        .files
-                        .get_mut(&file_id)
-                        .ok_or_else(|| internal("unknown file"))?;
+                    let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
                     if let Some(block) = file.blocks.get_mut(&index) {
                         block.last_use = last_use;
                         block.prefetched = false;
@@ -1802,11 +1675,7 @@ impl Engine {
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
                     if op.pinned.is_none() {
                         op.pinned = Some((file_id, index));
-                        if let Some(block) = self
-                            .files
-                            .get_mut(&file_id)
-                            .and_then(|f| f.blocks.get_mut(&index))
-                        {
+                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                             block.pins = block.pins.saturating_add(1);
                         }
                     }
@@ -1821,13 +1690,8 @@ impl Engine {
                 None => {
                     if block_start >= file.remote_len {
                         // A hole, or past what storage holds: zeros, no I/O.
-                        let zeros = take_end
-                            .checked_sub(within)
-                            .ok_or_else(|| internal("read range"))?;
-                        let filled = out
-                            .len()
-                            .checked_add(zeros)
-                            .ok_or_else(|| internal("read size"))?;
+                        let zeros = take_end.checked_sub(within).ok_or_else(|| internal("read range"))?;
+                        let filled = out.len().checked_add(zeros).ok_or_else(|| internal("read size"))?;
                         out.resize(filled, 0);
                         continue;
                     }
@@ -1837,11 +1701,7 @@ impl Engine {
                     };
                     op.deadline = None;
                     self.fetch_block(file_id, index, buffer, Priority::Demand)?;
-                    if let Some(block) = self
-                        .files
-                        .get_mut(&file_id)
-                        .and_then(|f| f.blocks.get_mut(&index))
-                    {
+                    if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                         block.pins = block.pins.saturating_add(1);
                     }
                     op.pinned = Some((file_id, index));
@@ -1866,10 +1726,7 @@ impl Engine {
             return Ok(());
         };
         let sequential = match state.last_read_end {
-            Some(previous) => {
-                offset <= previous && previous.saturating_sub(offset) < block_size
-                    || offset == previous
-            }
+            Some(previous) => offset <= previous && previous.saturating_sub(offset) < block_size || offset == previous,
             None => offset == 0,
         };
         state.window = if sequential {
@@ -1930,10 +1787,7 @@ impl Engine {
             return Err(internal("not a write"));
         };
         let (handle, offset, mtime_ns) = (*handle, *offset, *mtime_ns);
-        let state = self
-            .handles
-            .get(&handle)
-            .ok_or(EngineError::BadHandle(handle.0))?;
+        let state = self.handles.get(&handle).ok_or(EngineError::BadHandle(handle.0))?;
         if !state.writable {
             return Err(EngineError::NotWritable(handle.0));
         }
@@ -1952,9 +1806,7 @@ impl Engine {
         if let Some(error) = &file.error {
             return Err(error.clone());
         }
-        if file.commit != CommitPhase::Idle
-            || file.background_stages >= max_background_stages(&self.config)
-        {
+        if file.commit != CommitPhase::Idle || file.background_stages >= max_background_stages(&self.config) {
             return Ok(Step::WaitIo);
         }
         if *done == 0 && offset > file.size {
@@ -1982,11 +1834,7 @@ impl Engine {
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
                     if op.pinned.is_none() {
                         op.pinned = Some((file_id, index));
-                        if let Some(block) = self
-                            .files
-                            .get_mut(&file_id)
-                            .and_then(|f| f.blocks.get_mut(&index))
-                        {
+                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                             block.pins = block.pins.saturating_add(1);
                         }
                     }
@@ -2003,10 +1851,7 @@ impl Engine {
                         return Ok(Step::WaitBuffer);
                     };
                     let last_use = self.touch();
-                    let file = self
-                        .files
-                        .get_mut(&file_id)
-                        .ok_or_else(|| internal("unknown file"))?;
+                    let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
                     file.blocks.insert(
                         index,
                         Block {
@@ -2030,11 +1875,7 @@ impl Engine {
                     op.deadline = None;
                     if has_remote && !covers_remote {
                         self.fetch_block(file_id, index, buffer, Priority::Demand)?;
-                        if let Some(block) = self
-                            .files
-                            .get_mut(&file_id)
-                            .and_then(|f| f.blocks.get_mut(&index))
-                        {
+                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                             block.pins = block.pins.saturating_add(1);
                         }
                         op.pinned = Some((file_id, index));
@@ -2042,16 +1883,9 @@ impl Engine {
                     }
                     // Only the bytes the write does not cover need zeros.
                     zero(&mut buffer, 0, to_usize(within)?)?;
-                    zero(
-                        &mut buffer,
-                        to_usize(sub(chunk_end, block_start)?)?,
-                        to_usize(new_len)?,
-                    )?;
+                    zero(&mut buffer, to_usize(sub(chunk_end, block_start)?)?, to_usize(new_len)?)?;
                     let last_use = self.touch();
-                    let file = self
-                        .files
-                        .get_mut(&file_id)
-                        .ok_or_else(|| internal("unknown file"))?;
+                    let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
                     file.blocks.insert(
                         index,
                         Block {
@@ -2068,16 +1902,9 @@ impl Engine {
             if op.pinned.is_some() {
                 self.unpin(op.pinned.take());
             }
-            let source = slice(
-                data,
-                *done,
-                add(to_u64(*done)?, to_u64(chunk)?).and_then(to_usize)?,
-            )?;
+            let source = slice(data, *done, add(to_u64(*done)?, to_u64(chunk)?).and_then(to_usize)?)?;
             let last_use = self.touch();
-            let file = self
-                .files
-                .get_mut(&file_id)
-                .ok_or_else(|| internal("unknown file"))?;
+            let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
             let block = file
                 .blocks
                 .get_mut(&index)
@@ -2111,16 +1938,9 @@ impl Engine {
 
     /// Checks whether the blocks a resize touches are ready for it. Returns
     /// the step to wait with, or `None` when the resize can happen now.
-    fn prepare_resize(
-        &mut self,
-        file_id: FileId,
-        new_size: u64,
-    ) -> Result<Option<Step>, EngineError> {
+    fn prepare_resize(&mut self, file_id: FileId, new_size: u64) -> Result<Option<Step>, EngineError> {
         let block_size = self.config.block_size;
-        let file = self
-            .files
-            .get(&file_id)
-            .ok_or_else(|| internal("unknown file"))?;
+        let file = self.files.get(&file_id).ok_or_else(|| internal("unknown file"))?;
         if file.commit != CommitPhase::Idle {
             return Ok(Some(Step::WaitIo));
         }
@@ -2132,18 +1952,13 @@ impl Engine {
             }
         }
         for index in touched {
-            let file = self
-                .files
-                .get(&file_id)
-                .ok_or_else(|| internal("unknown file"))?;
+            let file = self.files.get(&file_id).ok_or_else(|| internal("unknown file"))?;
             if index >= self.block_count(file.size) {
                 continue;
             }
             match file.blocks.get(&index).map(|b| &b.state) {
                 None | Some(BlockState::Ready(_)) => {}
-                Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
-                    return Ok(Some(Step::WaitIo))
-                }
+                Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => return Ok(Some(Step::WaitIo)),
                 Some(BlockState::Staged) => {
                     self.request_commit(file_id)?;
                     return Ok(Some(Step::WaitIo));
@@ -2155,17 +1970,9 @@ impl Engine {
 
     /// Changes the size of a file whose touched blocks are ready (see
     /// [`Engine::prepare_resize`]).
-    fn set_size(
-        &mut self,
-        file_id: FileId,
-        new_size: u64,
-        mtime_ns: u64,
-    ) -> Result<(), EngineError> {
+    fn set_size(&mut self, file_id: FileId, new_size: u64, mtime_ns: u64) -> Result<(), EngineError> {
         let block_size = self.config.block_size;
-        let file = self
-            .files
-            .get(&file_id)
-            .ok_or_else(|| internal("unknown file"))?;
+        let file = self.files.get(&file_id).ok_or_else(|| internal("unknown file"))?;
         let old_size = file.size;
         let new_count = self.block_count(new_size);
         let old_last = partial_block(old_size, block_size);
@@ -2178,10 +1985,7 @@ impl Engine {
             None => 0,
         };
         let new_tail = partial_block(new_size, block_size);
-        let file = self
-            .files
-            .get_mut(&file_id)
-            .ok_or_else(|| internal("unknown file"))?;
+        let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
         // Blocks past the new end go; I/O still carrying them is let go.
         let gone: Vec<u64> = file.blocks.range(new_count..).map(|(i, _)| *i).collect();
         let mut freed = Vec::new();
@@ -2213,17 +2017,11 @@ impl Engine {
             }
         }
         for op in self.ops.iter_mut() {
-            if op
-                .pinned
-                .is_some_and(|(f, index)| f == file_id && index >= new_count)
-            {
+            if op.pinned.is_some_and(|(f, index)| f == file_id && index >= new_count) {
                 op.pinned = None;
             }
         }
-        let file = self
-            .files
-            .get_mut(&file_id)
-            .ok_or_else(|| internal("unknown file"))?;
+        let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
         file.size = new_size;
         file.remote_len = file.remote_len.min(new_size);
         file.changed = true;
@@ -2238,19 +2036,11 @@ impl Engine {
     }
 
     fn step_truncate(&mut self, op: &mut Op) -> Result<Step, EngineError> {
-        let OpKind::Truncate {
-            handle,
-            size,
-            mtime_ns,
-        } = &op.kind
-        else {
+        let OpKind::Truncate { handle, size, mtime_ns } = &op.kind else {
             return Err(internal("not a truncate"));
         };
         let (handle, size, mtime_ns) = (*handle, *size, *mtime_ns);
-        let state = self
-            .handles
-            .get(&handle)
-            .ok_or(EngineError::BadHandle(handle.0))?;
+        let state = self.handles.get(&handle).ok_or(EngineError::BadHandle(handle.0))?;
         if !state.writable {
             return Err(EngineError::NotWritable(handle.0));
         }
@@ -2315,9 +2105,7 @@ impl Engine {
             }
             if let Some(path) = &file.path {
                 if self.paths.get(path) != Some(&file_id) {
-                    return Err(format!(
-                        "file {file_id}: path {path} does not map back to it"
-                    ));
+                    return Err(format!("file {file_id}: path {path} does not map back to it"));
                 }
             }
             if file.remote_len > file.size || file.remote_len > file.committed_size {
@@ -2328,9 +2116,7 @@ impl Engine {
             }
             for (&index, block) in &file.blocks {
                 if index >= count {
-                    return Err(format!(
-                        "file {file_id}: block {index} past the end ({count} blocks)"
-                    ));
+                    return Err(format!("file {file_id}: block {index} past the end ({count} blocks)"));
                 }
                 pins = pins.saturating_add(u64::from(block.pins));
                 match &block.state {
@@ -2345,38 +2131,29 @@ impl Engine {
                     }
                     BlockState::Loading(io) | BlockState::Uploading(io) => {
                         if !self.ios.contains_key(io) {
-                            return Err(format!(
-                                "file {file_id}: block {index} waits on unknown I/O {io}"
-                            ));
+                            return Err(format!("file {file_id}: block {index} waits on unknown I/O {io}"));
                         }
                     }
                     BlockState::Staged => {
                         if block.staged.is_none() || block.dirty {
-                            return Err(format!("file {file_id}: block {index} is out of memory without a staged copy"));
+                            return Err(format!(
+                                "file {file_id}: block {index} is out of memory without a staged copy"
+                            ));
                         }
                     }
                 }
-                if block.dirty
-                    && !matches!(block.state, BlockState::Ready(_) | BlockState::Uploading(_))
-                {
+                if block.dirty && !matches!(block.state, BlockState::Ready(_) | BlockState::Uploading(_)) {
                     return Err(format!("file {file_id}: dirty block {index} has no data"));
                 }
             }
         }
         for task in self.ios.values() {
-            let carries_buffer = matches!(
-                task.purpose,
-                IoPurpose::Fetch { .. } | IoPurpose::Stage { .. }
-            );
+            let carries_buffer = matches!(task.purpose, IoPurpose::Fetch { .. } | IoPurpose::Stage { .. });
             if carries_buffer {
                 lent = lent.saturating_add(1);
             }
         }
-        let accounted = self
-            .free_buffers
-            .len()
-            .saturating_add(held)
-            .saturating_add(lent);
+        let accounted = self.free_buffers.len().saturating_add(held).saturating_add(lent);
         if accounted != self.buffers_allocated {
             return Err(format!(
                 "buffers: {} free + {held} held + {lent} lent != {} allocated",
@@ -2431,9 +2208,7 @@ impl Engine {
 /// stored some bytes reports them, everything else reports the error.
 fn partial_result(op: &Op, error: EngineError) -> Result<Reply, EngineError> {
     match &op.kind {
-        OpKind::Write { done, .. } if *done > 0 => {
-            Ok(Reply::Written(u32::try_from(*done).unwrap_or(u32::MAX)))
-        }
+        OpKind::Write { done, .. } if *done > 0 => Ok(Reply::Written(u32::try_from(*done).unwrap_or(u32::MAX))),
         _ => Err(error),
     }
 }

@@ -42,9 +42,7 @@ impl EngineError {
             IoErrorKind::PreconditionFailed => EngineError::Stale(path.to_string()),
             IoErrorKind::Forbidden => EngineError::Forbidden(error.message.clone()),
             IoErrorKind::TimedOut => EngineError::TimedOut(error.message.clone()),
-            IoErrorKind::Cancelled | IoErrorKind::Failed => {
-                EngineError::Storage(format!("{path}: {}", error.message))
-            }
+            IoErrorKind::Cancelled | IoErrorKind::Failed => EngineError::Storage(format!("{path}: {}", error.message)),
         }
     }
 }

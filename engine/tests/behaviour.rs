@@ -1,12 +1,7 @@
 //! Behaviour of the engine, one property per test, through the synchronous
 //! harness in `common`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![allow(clippy::arithmetic_side_effects, clippy::unreachable)]
 
 mod common;
@@ -69,8 +64,7 @@ fn blob_put_in_one_piece_reads_back_and_is_reblocked_on_write() {
 fn non_uniform_block_list_is_read_and_rewritten_uniform() {
     let mut h = Harness::new(BS, 3);
     let mut expected = pattern(370, 4);
-    h.store
-        .put_blocks("odd", expected.clone(), &[50, 200, 20, 100], 10);
+    h.store.put_blocks("odd", expected.clone(), &[50, 200, 20, 100], 10);
     assert_eq!(h.read_all("odd"), expected);
     let f = h.open("odd", true, false);
     h.write(f, 0, b"Z");
@@ -111,11 +105,7 @@ fn eviction_under_pressure_keeps_every_byte() {
     let data = pattern(3000, 6);
     let f = h.open("big", true, true);
     for chunk in 0..30 {
-        h.write(
-            f,
-            chunk * 100,
-            &data[chunk as usize * 100..(chunk as usize + 1) * 100],
-        );
+        h.write(f, chunk * 100, &data[chunk as usize * 100..(chunk as usize + 1) * 100]);
     }
     assert_eq!(h.read(f, 1234, 100), data[1234..1334].to_vec());
     h.flush(f).unwrap();
@@ -200,10 +190,7 @@ fn failed_stage_is_sticky_and_nothing_partial_is_committed() {
         "a write into a whole block needs no I/O"
     );
     // The full block is staged in the background; that stage fails.
-    assert!(matches!(
-        h.pending.front().map(|c| &c.kind),
-        Some(IoKind::Stage { .. })
-    ));
+    assert!(matches!(h.pending.front().map(|c| &c.kind), Some(IoKind::Stage { .. })));
     h.fail_one(IoErrorKind::Failed);
     assert!(matches!(h.flush(f), Err(EngineError::WriteFailed { .. })));
     assert!(matches!(
@@ -234,10 +221,7 @@ fn failed_fetch_fails_only_that_read_and_can_be_retried() {
         len: 10,
     });
     h.fail_one(IoErrorKind::Failed);
-    assert!(matches!(
-        h.replies.remove(&request),
-        Some(Err(EngineError::Storage(_)))
-    ));
+    assert!(matches!(h.replies.remove(&request), Some(Err(EngineError::Storage(_)))));
     assert_eq!(h.read(f, 250, 10), data[250..260].to_vec());
     h.release(f);
 }
@@ -265,10 +249,7 @@ fn all_buffers_pinned_makes_a_request_wait_then_fail_in_bounded_time() {
     assert!(!h.replies.contains_key(&second));
     assert_eq!(h.engine.next_deadline(), Some(Millis(500)));
     h.advance(501);
-    assert!(matches!(
-        h.replies.remove(&second),
-        Some(Err(EngineError::TimedOut(_)))
-    ));
+    assert!(matches!(h.replies.remove(&second), Some(Err(EngineError::TimedOut(_)))));
     h.run_io();
     assert!(matches!(h.replies.remove(&first), Some(Ok(Reply::Data(_)))));
     assert_eq!(h.engine.occupancy().pins, 0);
@@ -293,10 +274,7 @@ fn offsets_past_the_blob_limit_give_file_too_large() {
         mtime_ns: 1,
     });
     assert!(matches!(result, Err(EngineError::FileTooLarge { .. })));
-    assert!(matches!(
-        h.truncate(f, max + 1),
-        Err(EngineError::FileTooLarge { .. })
-    ));
+    assert!(matches!(h.truncate(f, max + 1), Err(EngineError::FileTooLarge { .. })));
     assert_eq!(h.read(f, u64::MAX - 5, 100), Vec::<u8>::new());
     h.release(f);
 }
@@ -368,11 +346,7 @@ fn shutdown_commits_dirty_files_and_leaves_nothing_behind() {
     assert_eq!(h.store.data("s1"), Some(&pattern(250, 12)[..]));
     let occupancy = h.engine.occupancy();
     assert_eq!(
-        (
-            occupancy.pins,
-            occupancy.io_pending,
-            occupancy.waiting_requests
-        ),
+        (occupancy.pins, occupancy.io_pending, occupancy.waiting_requests),
         (0, 0, 0)
     );
 }

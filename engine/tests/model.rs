@@ -3,12 +3,7 @@
 //! every step the engine's invariants hold (checked by the harness) and
 //! every read equals the model.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![allow(clippy::arithmetic_side_effects, clippy::unreachable)]
 
 mod common;
@@ -77,9 +72,7 @@ fn run(ops: Vec<Op>, pool: usize) {
     config.prefetch_blocks = 2;
     config.buffer_wait_timeout_ms = u64::MAX / 4;
     let mut h = Harness::with_config(config);
-    let mut model = Model {
-        files: BTreeMap::new(),
-    };
+    let mut model = Model { files: BTreeMap::new() };
     // Handles: (engine handle, path, writable)
     let mut handles: Vec<(HandleId, String, bool)> = vec![];
     for op in ops {
@@ -92,11 +85,7 @@ fn run(ops: Vec<Op>, pool: usize) {
                 model.files.entry(path.clone()).or_default();
                 handles.push((h_id, path, write));
             }
-            Op::Read {
-                handle,
-                offset,
-                len,
-            } => {
+            Op::Read { handle, offset, len } => {
                 let Some((id, path, _)) = handles.get(handle).cloned() else {
                     continue;
                 };
@@ -104,11 +93,7 @@ fn run(ops: Vec<Op>, pool: usize) {
                 let content = &model.files[&path];
                 let start = (offset as usize).min(content.len());
                 let end = (offset as usize + len as usize).min(content.len());
-                assert_eq!(
-                    got,
-                    content[start..end].to_vec(),
-                    "read {path} at {offset}+{len}"
-                );
+                assert_eq!(got, content[start..end].to_vec(), "read {path} at {offset}+{len}");
             }
             Op::Write {
                 handle,

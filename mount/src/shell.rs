@@ -9,15 +9,12 @@
 //! Time comes from `tokio::time` and randomness from a seeded ChaCha RNG, so
 //! the same code runs deterministically under the simulator.
 
-use crate::fs::{
-    DirEntry, FileAttr, FileHandle, FileKind, FsError, FsResult, FsStats, OpenOptions,
-};
+use crate::fs::{DirEntry, FileAttr, FileHandle, FileKind, FsError, FsResult, FsStats, OpenOptions};
 use crate::storage::{BlobStore, BlockId, Condition, ETag, StorageError};
 use blobcache_engine as engine;
 use blobcache_engine::{
-    CommitCondition, Effect, Engine, EngineConfig, EngineError, HandleId, IoCommand, IoCompletion,
-    IoDone, IoError, IoErrorKind, IoId, IoKind, Millis, OpenMode, RemoteVersion, Reply, Request,
-    RequestId,
+    CommitCondition, Effect, Engine, EngineConfig, EngineError, HandleId, IoCommand, IoCompletion, IoDone, IoError,
+    IoErrorKind, IoId, IoKind, Millis, OpenMode, RemoteVersion, Reply, Request, RequestId,
 };
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -97,9 +94,7 @@ pub struct BlobFs {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not take the whole filesystem down with it.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_ns() -> u64 {
@@ -110,9 +105,7 @@ fn now_ns() -> u64 {
 }
 
 fn from_ns(ns: u64) -> SystemTime {
-    UNIX_EPOCH
-        .checked_add(Duration::from_nanos(ns))
-        .unwrap_or(UNIX_EPOCH)
+    UNIX_EPOCH.checked_add(Duration::from_nanos(ns)).unwrap_or(UNIX_EPOCH)
 }
 
 fn to_ns(time: SystemTime) -> u64 {
@@ -126,9 +119,7 @@ fn fs_error(error: EngineError) -> FsError {
     match error {
         EngineError::NotFound(path) => FsError::NotFound(path),
         EngineError::Exists(path) => FsError::Exists(path),
-        EngineError::BadHandle(handle) | EngineError::NotWritable(handle) => {
-            FsError::BadHandle(handle)
-        }
+        EngineError::BadHandle(handle) | EngineError::NotWritable(handle) => FsError::BadHandle(handle),
         EngineError::FileTooLarge { .. } => FsError::FileTooLarge(error.to_string()),
         EngineError::Stale(path) => FsError::Stale(path),
         EngineError::Forbidden(message) => FsError::PermissionDenied(message),
@@ -147,9 +138,7 @@ fn fs_error(error: EngineError) -> FsError {
 fn storage_error(path: &str, error: StorageError) -> FsError {
     match error {
         StorageError::NotFound(_) => FsError::NotFound(path.to_string()),
-        StorageError::PreconditionFailed(_) | StorageError::Conflict(_) => {
-            FsError::Exists(path.to_string())
-        }
+        StorageError::PreconditionFailed(_) | StorageError::Conflict(_) => FsError::Exists(path.to_string()),
         StorageError::Forbidden(message) => FsError::PermissionDenied(message),
         StorageError::Timeout => FsError::TimedOut(format!("storage request for {path}")),
         StorageError::Invalid(message) => FsError::InvalidName(format!("{path}: {message}")),
@@ -172,10 +161,7 @@ fn io_error(error: &StorageError) -> IoError {
 }
 
 fn check_path(path: &str) -> FsResult<()> {
-    if path.starts_with('/')
-        || path.ends_with('/')
-        || path.split('/').any(|c| c.is_empty() && !path.is_empty())
-    {
+    if path.starts_with('/') || path.ends_with('/') || path.split('/').any(|c| c.is_empty() && !path.is_empty()) {
         return Err(FsError::InvalidName(path.to_string()));
     }
     Ok(())
@@ -210,10 +196,8 @@ impl BlobFs {
             pool_buffers,
             parallelism: usize::try_from(options.parallelism).unwrap_or(usize::MAX),
             prefetch_blocks: options.prefetch_blocks,
-            buffer_wait_timeout_ms: u64::try_from(BUFFER_WAIT_TIMEOUT.as_millis())
-                .unwrap_or(u64::MAX),
-            attribute_timeout_ms: u64::try_from(options.attribute_timeout.as_millis())
-                .unwrap_or(u64::MAX),
+            buffer_wait_timeout_ms: u64::try_from(BUFFER_WAIT_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+            attribute_timeout_ms: u64::try_from(options.attribute_timeout.as_millis()).unwrap_or(u64::MAX),
             max_waiting_requests: 4096,
             block_id_nonce: rng.gen(),
         };
@@ -327,13 +311,9 @@ impl BlobFs {
     }
 
     fn jittered_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exponential =
-            RETRY_BASE_DELAY.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
+        let exponential = RETRY_BASE_DELAY.saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX));
         let base = retry_after.unwrap_or(exponential).min(RETRY_MAX_DELAY);
-        let jitter_ms = u64::try_from(base.as_millis())
-            .unwrap_or(0)
-            .checked_div(2)
-            .unwrap_or(0);
+        let jitter_ms = u64::try_from(base.as_millis()).unwrap_or(0).checked_div(2).unwrap_or(0);
         let extra = if jitter_ms > 0 {
             lock(&self.inner.rng).gen_range(0..=jitter_ms)
         } else {
@@ -351,11 +331,10 @@ impl BlobFs {
     {
         let mut attempt = 1u32;
         loop {
-            let result =
-                match tokio::time::timeout(self.inner.options.request_timeout, operation()).await {
-                    Ok(result) => result,
-                    Err(_) => Err(StorageError::Timeout),
-                };
+            let result = match tokio::time::timeout(self.inner.options.request_timeout, operation()).await {
+                Ok(result) => result,
+                Err(_) => Err(StorageError::Timeout),
+            };
             match self.retry_delay(attempt, result) {
                 Ok(result) => return result,
                 Err(delay) => {
@@ -399,8 +378,7 @@ impl BlobFs {
         let mut attempt = 1u32;
         loop {
             let read = self.inner.store.read_range(path, offset, target, condition);
-            let result = match tokio::time::timeout(self.inner.options.request_timeout, read).await
-            {
+            let result = match tokio::time::timeout(self.inner.options.request_timeout, read).await {
                 Ok(result) => result,
                 Err(_) => Err(StorageError::Timeout),
             };
@@ -414,11 +392,7 @@ impl BlobFs {
         }
     }
 
-    async fn run_io(
-        &self,
-        command: IoCommand,
-        mut cancelled: oneshot::Receiver<()>,
-    ) -> IoCompletion {
+    async fn run_io(&self, command: IoCommand, mut cancelled: oneshot::Receiver<()>) -> IoCompletion {
         let IoCommand { id, path, kind } = command;
         let cancelled_error = || IoError {
             kind: IoErrorKind::Cancelled,
@@ -441,11 +415,7 @@ impl BlobFs {
                             .with_retries(|| store.get_block_list(&path))
                             .await
                             .map_err(|e| io_error(&e))?;
-                        Some(
-                            list.into_iter()
-                                .map(|b| (engine::BlockId(b.id.0), b.size))
-                                .collect(),
-                        )
+                        Some(list.into_iter().map(|b| (engine::BlockId(b.id.0), b.size)).collect())
                     } else {
                         None
                     };
@@ -519,10 +489,7 @@ impl BlobFs {
                 });
                 IoCompletion { id, buffer, result }
             }
-            IoKind::Commit {
-                block_ids,
-                condition,
-            } => {
+            IoKind::Commit { block_ids, condition } => {
                 let ids: Vec<BlockId> = block_ids.into_iter().map(|b| BlockId(b.0)).collect();
                 let condition = match condition {
                     CommitCondition::IfMatch(etag) => Condition::IfMatch(ETag(etag)),
@@ -565,14 +532,11 @@ impl BlobFs {
     }
 
     fn live_attr(&self, path: &str) -> Option<FileAttr> {
-        lock(&self.inner.state)
-            .engine
-            .attr(path)
-            .map(|attr| FileAttr {
-                kind: FileKind::File,
-                size: attr.size,
-                mtime: from_ns(attr.mtime_ns),
-            })
+        lock(&self.inner.state).engine.attr(path).map(|attr| FileAttr {
+            kind: FileKind::File,
+            size: attr.size,
+            mtime: from_ns(attr.mtime_ns),
+        })
     }
 
     fn directory_attr() -> FileAttr {
@@ -644,11 +608,7 @@ impl BlobFs {
             }
         }
         for blob in listing.blobs {
-            let name = blob
-                .name
-                .strip_prefix(&prefix)
-                .unwrap_or(&blob.name)
-                .to_string();
+            let name = blob.name.strip_prefix(&prefix).unwrap_or(&blob.name).to_string();
             if name.is_empty() {
                 continue;
             }
@@ -796,12 +756,7 @@ impl BlobFs {
         Ok(())
     }
 
-    pub async fn truncate(
-        &self,
-        path: &str,
-        handle: Option<FileHandle>,
-        size: u64,
-    ) -> FsResult<FileAttr> {
+    pub async fn truncate(&self, path: &str, handle: Option<FileHandle>, size: u64) -> FsResult<FileAttr> {
         self.forget_attr(path);
         match handle {
             Some(handle) => {
@@ -937,12 +892,7 @@ impl BlobFs {
                 etag: properties.etag.0,
                 size: properties.size,
                 mtime_ns: to_ns(properties.last_modified),
-                blocks: Some(
-                    blocks
-                        .into_iter()
-                        .map(|b| (engine::BlockId(b.id.0), b.size))
-                        .collect(),
-                ),
+                blocks: Some(blocks.into_iter().map(|b| (engine::BlockId(b.id.0), b.size)).collect()),
             })
         } else {
             None
@@ -989,12 +939,8 @@ impl BlobFs {
         let source = self.getattr(from).await?;
         if let Ok(target) = self.getattr(to).await {
             match (source.kind, target.kind) {
-                (FileKind::File, FileKind::Directory) => {
-                    return Err(FsError::IsDirectory(to.to_string()))
-                }
-                (FileKind::Directory, FileKind::File) => {
-                    return Err(FsError::NotDirectory(to.to_string()))
-                }
+                (FileKind::File, FileKind::Directory) => return Err(FsError::IsDirectory(to.to_string())),
+                (FileKind::Directory, FileKind::File) => return Err(FsError::NotDirectory(to.to_string())),
                 (FileKind::Directory, FileKind::Directory) => {
                     if !self.readdir(to).await?.is_empty() {
                         return Err(FsError::NotEmpty(to.to_string()));
@@ -1010,25 +956,20 @@ impl BlobFs {
             return self.rename_file(from, to).await;
         }
         if to.starts_with(&dir_prefix(from)) {
-            return Err(FsError::InvalidName(format!(
-                "cannot move {from} into itself"
-            )));
+            return Err(FsError::InvalidName(format!("cannot move {from} into itself")));
         }
         let names = self.collect_tree(from).await?;
         let from_prefix = dir_prefix(from);
         let to_prefix = dir_prefix(to);
         let store = &self.inner.store;
-        // The directory's own marker first, so the target exists early.
-        match self.with_retries(|| store.get_properties(from)).await {
-            Ok(properties) if properties.is_dir_marker => {
-                self.with_retries(|| store.put_blob(to, Bytes::new(), true, &Condition::None))
-                    .await
-                    .map_err(|e| storage_error(to, e))?;
-                self.with_retries(|| store.delete_blob(from))
-                    .await
-                    .map_err(|e| storage_error(from, e))?;
+        // Target markers first so the directories exist early; source
+        // markers last, deepest first, once what they held has moved.
+        let mut old_markers = Vec::new();
+        if let Ok(properties) = self.with_retries(|| store.get_properties(from)).await {
+            if properties.is_dir_marker {
+                self.put_marker(to).await?;
+                old_markers.push(from.to_string());
             }
-            _ => {}
         }
         for name in names {
             let Some(rest) = name.strip_prefix(&from_prefix) else {
@@ -1040,20 +981,30 @@ impl BlobFs {
                 Ok(properties) if properties.is_dir_marker
             );
             if is_marker {
-                self.with_retries(|| store.put_blob(&target, Bytes::new(), true, &Condition::None))
-                    .await
-                    .map_err(|e| storage_error(&target, e))?;
-                match self.with_retries(|| store.delete_blob(&name)).await {
-                    Ok(()) | Err(StorageError::NotFound(_)) => {}
-                    Err(error) => return Err(storage_error(&name, error)),
-                }
+                self.put_marker(&target).await?;
+                old_markers.push(name);
             } else {
                 self.rename_file(&name, &target).await?;
+            }
+        }
+        old_markers.sort_by_key(|name| std::cmp::Reverse(name.len()));
+        for name in old_markers {
+            match self.with_retries(|| store.delete_blob(&name)).await {
+                Ok(()) | Err(StorageError::NotFound(_)) => {}
+                Err(error) => return Err(storage_error(&name, error)),
             }
         }
         self.forget_attrs_under(&from_prefix);
         self.forget_attrs_under(&to_prefix);
         Ok(())
+    }
+
+    async fn put_marker(&self, path: &str) -> FsResult<()> {
+        let store = &self.inner.store;
+        self.with_retries(|| store.put_blob(path, Bytes::new(), true, &Condition::None))
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_error(path, e))
     }
 
     pub fn statfs(&self) -> FsStats {

@@ -31,10 +31,7 @@ async fn memory() -> Option<Backend> {
 
 async fn shaped_memory() -> Option<Backend> {
     Some(Backend {
-        store: Box::new(MemoryStore::with_shaping(
-            Duration::from_micros(200),
-            Some(200 << 20),
-        )),
+        store: Box::new(MemoryStore::with_shaping(Duration::from_micros(200), Some(200 << 20))),
         _dir: None,
     })
 }

@@ -52,8 +52,7 @@ impl Store {
         }
         assert_eq!(sizes.iter().sum::<u64>(), data.len() as u64);
         let etag = self.etag();
-        self.blobs
-            .insert(path.into(), StoredBlob { etag, data, blocks });
+        self.blobs.insert(path.into(), StoredBlob { etag, data, blocks });
     }
 
     pub fn data(&self, path: &str) -> Option<&[u8]> {
@@ -108,11 +107,7 @@ impl Store {
                     result,
                 }
             }
-            IoKind::Stage {
-                block_id,
-                len,
-                buffer,
-            } => {
+            IoKind::Stage { block_id, len, buffer } => {
                 assert_eq!(block_id.0.len(), BLOCK_ID_LEN);
                 self.staged.insert((path, block_id), buffer[..len].to_vec());
                 IoCompletion {
@@ -121,10 +116,7 @@ impl Store {
                     result: Ok(IoDone::Staged),
                 }
             }
-            IoKind::Commit {
-                block_ids,
-                condition,
-            } => {
+            IoKind::Commit { block_ids, condition } => {
                 let current = self.blobs.get(&path).cloned();
                 let ok = match (&condition, &current) {
                     (CommitCondition::IfNotExists, None) => true,
@@ -144,9 +136,7 @@ impl Store {
                 let mut data = vec![];
                 let mut blocks = vec![];
                 for block_id in &block_ids {
-                    let bytes = if let Some(bytes) =
-                        self.staged.get(&(path.clone(), block_id.clone()))
-                    {
+                    let bytes = if let Some(bytes) = self.staged.get(&(path.clone(), block_id.clone())) {
                         bytes.clone()
                     } else {
                         let blob = current.as_ref().expect("committed id of a missing blob");
@@ -306,10 +296,7 @@ impl Harness {
             if let Some(result) = self.replies.remove(&id) {
                 return result;
             }
-            assert!(
-                self.complete_one(),
-                "request {id} waits with no I/O pending"
-            );
+            assert!(self.complete_one(), "request {id} waits with no I/O pending");
         }
     }
 
@@ -331,11 +318,7 @@ impl Harness {
     }
 
     pub fn read(&mut self, handle: HandleId, offset: u64, len: u32) -> Vec<u8> {
-        match self.call(Request::Read {
-            handle,
-            offset,
-            len,
-        }) {
+        match self.call(Request::Read { handle, offset, len }) {
             Ok(Reply::Data(data)) => data,
             other => panic!("read: {other:?}"),
         }
@@ -396,10 +379,7 @@ impl Harness {
                 assert!(*size <= block_size && *size > 0);
             }
         }
-        assert_eq!(
-            blob.data.len() as u64,
-            blob.blocks.iter().map(|b| b.1).sum::<u64>()
-        );
+        assert_eq!(blob.data.len() as u64, blob.blocks.iter().map(|b| b.1).sum::<u64>());
     }
 }
 

@@ -9,8 +9,8 @@
 //! metadata holds `hdi_isfolder=true`.
 
 use super::{
-    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, ListedBlob, Listing,
-    StorageError, StorageResult,
+    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, ListedBlob, Listing, StorageError,
+    StorageResult,
 };
 use async_trait::async_trait;
 use azure_core::error::{ErrorKind, HttpError};
@@ -20,9 +20,7 @@ use azure_core::{ClientOptions, Context, Policy, PolicyResult, Request, RetryOpt
 use azure_storage::{CloudLocation, StorageCredentials};
 use azure_storage_blobs::blob::{BlobBlockType, BlockList, BlockListType, CopyStatus};
 use azure_storage_blobs::container::operations::BlobItem;
-use azure_storage_blobs::prelude::{
-    BlobClient, ClientBuilder, ContainerClient, DeleteSnapshotsMethod,
-};
+use azure_storage_blobs::prelude::{BlobClient, ClientBuilder, ContainerClient, DeleteSnapshotsMethod};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -126,12 +124,7 @@ fn retry_after(headers: &Headers) -> Option<Duration> {
 
 #[async_trait]
 impl Policy for ResponseErrorPolicy {
-    async fn send(
-        &self,
-        ctx: &Context,
-        request: &mut Request,
-        next: &[Arc<dyn Policy>],
-    ) -> PolicyResult {
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
         let Some((transport, rest)) = next.split_first() else {
             return Err(azure_core::Error::message(
                 ErrorKind::Other,
@@ -258,19 +251,14 @@ impl AzureStore {
             credentials,
         } = settings;
         if account.is_empty() {
-            return Err(StorageError::Invalid(
-                "the storage account name is empty".into(),
-            ));
+            return Err(StorageError::Invalid("the storage account name is empty".into()));
         }
         check_container_name(&container)?;
         let (credentials, sas) = match credentials {
             AzureCredentials::AccountKey(key) => {
                 use base64::Engine as _;
                 let key = key.trim().to_owned();
-                if base64::engine::general_purpose::STANDARD
-                    .decode(&key)
-                    .is_err()
-                {
+                if base64::engine::general_purpose::STANDARD.decode(&key).is_err() {
                     return Err(StorageError::Invalid(
                         "the storage account key is not valid base64".into(),
                     ));
@@ -279,9 +267,8 @@ impl AzureStore {
             }
             AzureCredentials::Sas(token) => {
                 let token = token.trim().trim_start_matches('?').to_owned();
-                let credentials = StorageCredentials::sas_token(&token).map_err(|e| {
-                    StorageError::Invalid(format!("the SAS token cannot be parsed: {e}"))
-                })?;
+                let credentials = StorageCredentials::sas_token(&token)
+                    .map_err(|e| StorageError::Invalid(format!("the SAS token cannot be parsed: {e}")))?;
                 (credentials, Some(token))
             }
         };
@@ -294,9 +281,8 @@ impl AzureStore {
             ),
             Some(uri) => {
                 let uri = uri.trim().trim_end_matches('/').to_owned();
-                let parsed = Url::parse(&uri).map_err(|e| {
-                    StorageError::Invalid(format!("invalid storage endpoint {uri:?}: {e}"))
-                })?;
+                let parsed = Url::parse(&uri)
+                    .map_err(|e| StorageError::Invalid(format!("invalid storage endpoint {uri:?}: {e}")))?;
                 if !matches!(parsed.scheme(), "http" | "https") || parsed.query().is_some() {
                     return Err(StorageError::Invalid(format!(
                         "invalid storage endpoint {uri:?}: expected http(s)://host[:port][/path] \
@@ -352,16 +338,12 @@ impl AzureStore {
     fn map_error(&self, error: &azure_core::Error, name: &str) -> StorageError {
         let Some(service) = error.downcast_ref::<ServiceError>() else {
             return match error.kind() {
-                ErrorKind::Io => StorageError::Transient(format!(
-                    "cannot reach {}: {}",
-                    self.endpoint,
-                    error_chain(error)
-                )),
-                ErrorKind::Credential => StorageError::Forbidden(format!(
-                    "{}: {}",
-                    self.credential_kind(),
-                    error_chain(error)
-                )),
+                ErrorKind::Io => {
+                    StorageError::Transient(format!("cannot reach {}: {}", self.endpoint, error_chain(error)))
+                }
+                ErrorKind::Credential => {
+                    StorageError::Forbidden(format!("{}: {}", self.credential_kind(), error_chain(error)))
+                }
                 _ => StorageError::Other(format!(
                     "unexpected answer from {} about {name}: {}",
                     self.endpoint,
@@ -379,13 +361,11 @@ impl AzureStore {
             (404, _) => StorageError::NotFound(name.to_owned()),
             (304 | 412, _) | (409, "BlobAlreadyExists") => StorageError::PreconditionFailed(detail),
             (409, _) => StorageError::Conflict(detail),
-            (401 | 403, "AuthenticationFailed" | "InvalidAuthenticationInfo") => {
-                StorageError::Forbidden(format!(
-                    "authentication failed at {} (wrong {}?): {service}",
-                    self.endpoint,
-                    self.credential_kind()
-                ))
-            }
+            (401 | 403, "AuthenticationFailed" | "InvalidAuthenticationInfo") => StorageError::Forbidden(format!(
+                "authentication failed at {} (wrong {}?): {service}",
+                self.endpoint,
+                self.credential_kind()
+            )),
             (401 | 403, _) => StorageError::Forbidden(format!(
                 "no access to {name} in container {} with this {}: {service}",
                 self.container_name,
@@ -448,9 +428,7 @@ impl AzureStore {
 }
 
 fn service_code(error: &azure_core::Error) -> Option<&str> {
-    error
-        .downcast_ref::<ServiceError>()
-        .and_then(|s| s.code.as_deref())
+    error.downcast_ref::<ServiceError>().and_then(|s| s.code.as_deref())
 }
 
 fn service_status(error: &azure_core::Error) -> Option<u16> {
@@ -460,10 +438,7 @@ fn service_status(error: &azure_core::Error) -> Option<u16> {
 #[async_trait]
 impl BlobStore for AzureStore {
     fn describe(&self) -> String {
-        format!(
-            "Azure container {} at {}",
-            self.container_name, self.endpoint
-        )
+        format!("Azure container {} at {}", self.container_name, self.endpoint)
     }
 
     async fn get_properties(&self, name: &str) -> StorageResult<BlobProperties> {
@@ -496,13 +471,7 @@ impl BlobStore for AzureStore {
             .collect())
     }
 
-    async fn read_range(
-        &self,
-        name: &str,
-        offset: u64,
-        buf: &mut [u8],
-        condition: &Condition,
-    ) -> StorageResult<usize> {
+    async fn read_range(&self, name: &str, offset: u64, buf: &mut [u8], condition: &Condition) -> StorageResult<usize> {
         if buf.is_empty() {
             let mut request = self.blob(name).get_properties();
             if let Some(condition) = if_match(condition) {
@@ -513,17 +482,12 @@ impl BlobStore for AzureStore {
             }
             return Ok(0);
         }
-        let len = u64::try_from(buf.len())
-            .map_err(|_| StorageError::Invalid("read buffer too large".into()))?;
+        let len = u64::try_from(buf.len()).map_err(|_| StorageError::Invalid("read buffer too large".into()))?;
         let end = offset
             .checked_add(len)
             .ok_or_else(|| StorageError::Invalid(format!("read of {name} past 2^64")))?;
         // One request for the whole range: the chunk size is the range.
-        let mut request = self
-            .blob(name)
-            .get()
-            .range(Range::new(offset, end))
-            .chunk_size(len);
+        let mut request = self.blob(name).get().range(Range::new(offset, end)).chunk_size(len);
         if let Some(condition) = if_match(condition) {
             request = request.if_match(condition);
         }
@@ -548,9 +512,9 @@ impl BlobStore for AzureStore {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.map_error(&e, name))?;
             let end = filled.saturating_add(chunk.len());
-            let dest = buf.get_mut(filled..end).ok_or_else(|| {
-                StorageError::Other(format!("{name} answered with more than the range asked"))
-            })?;
+            let dest = buf
+                .get_mut(filled..end)
+                .ok_or_else(|| StorageError::Other(format!("{name} answered with more than the range asked")))?;
             dest.copy_from_slice(&chunk);
             filled = end;
         }
@@ -566,12 +530,7 @@ impl BlobStore for AzureStore {
             .map_err(|e| self.map_error(&e, name))
     }
 
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[BlockId],
-        condition: &Condition,
-    ) -> StorageResult<ETag> {
+    async fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag> {
         check_ids(name, blocks)?;
         let list = BlockList {
             blocks: blocks
@@ -595,9 +554,7 @@ impl BlobStore for AzureStore {
         condition: &Condition,
     ) -> StorageResult<ETag> {
         if is_dir_marker && !data.is_empty() {
-            return Err(StorageError::Invalid(format!(
-                "directory marker {name} must be empty"
-            )));
+            return Err(StorageError::Invalid(format!("directory marker {name} must be empty")));
         }
         let mut request = self.blob(name).put_block_blob(data);
         if is_dir_marker {
@@ -627,11 +584,7 @@ impl BlobStore for AzureStore {
                 "listing prefix {prefix:?} must be empty or end with /"
             )));
         }
-        let mut request = self
-            .container
-            .list_blobs()
-            .delimiter("/")
-            .include_metadata(true);
+        let mut request = self.container.list_blobs().delimiter("/").include_metadata(true);
         if !prefix.is_empty() {
             request = request.prefix(prefix.to_owned());
         }
@@ -673,9 +626,7 @@ impl BlobStore for AzureStore {
         let response = self.blob(to).copy(source).await.map_err(|e| {
             match service_code(&e) {
                 // The copy's source is what is missing.
-                Some("CannotVerifyCopySource" | "BlobNotFound") => {
-                    StorageError::NotFound(from.to_owned())
-                }
+                Some("CannotVerifyCopySource" | "BlobNotFound") => StorageError::NotFound(from.to_owned()),
                 _ => self.map_error(&e, to),
             }
         })?;
@@ -729,8 +680,7 @@ mod tests {
             public.blob("a/b").url().unwrap().as_str(),
             "https://acct.blob.core.windows.net/data/a/b"
         );
-        let azurite =
-            AzureStore::new(settings(Some("http://127.0.0.1:10000/devstoreaccount1/"))).unwrap();
+        let azurite = AzureStore::new(settings(Some("http://127.0.0.1:10000/devstoreaccount1/"))).unwrap();
         assert_eq!(
             azurite.blob("x").url().unwrap().as_str(),
             "http://127.0.0.1:10000/devstoreaccount1/data/x"
@@ -745,16 +695,10 @@ mod tests {
     fn rejects_bad_settings() {
         let mut bad = settings(None);
         bad.container = "Bad_Name".into();
-        assert!(matches!(
-            AzureStore::new(bad),
-            Err(StorageError::Invalid(_))
-        ));
+        assert!(matches!(AzureStore::new(bad), Err(StorageError::Invalid(_))));
         let mut bad = settings(None);
         bad.credentials = AzureCredentials::AccountKey("not base64!".into());
-        assert!(matches!(
-            AzureStore::new(bad),
-            Err(StorageError::Invalid(_))
-        ));
+        assert!(matches!(AzureStore::new(bad), Err(StorageError::Invalid(_))));
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! kernel timestamps are coarse and inode numbers are reused.
 
 use super::{
-    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, ListedBlob, Listing,
-    StorageError, StorageResult,
+    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, ListedBlob, Listing, StorageError,
+    StorageResult,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,12 +59,8 @@ impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> StorageResult<LocalStore> {
         let root = root.into();
         let root = std::path::absolute(&root).unwrap_or(root);
-        fs::create_dir_all(&root).map_err(|e| {
-            StorageError::Other(format!(
-                "cannot create the storage directory {}: {e}",
-                root.display()
-            ))
-        })?;
+        fs::create_dir_all(&root)
+            .map_err(|e| StorageError::Other(format!("cannot create the storage directory {}: {e}", root.display())))?;
         let meta = root.join(META_DIR);
         let inner = Inner {
             staged: meta.join("staged"),
@@ -82,9 +78,7 @@ impl LocalStore {
                 ))
             })?;
         }
-        Ok(LocalStore {
-            inner: Arc::new(inner),
-        })
+        Ok(LocalStore { inner: Arc::new(inner) })
     }
 
     /// The directory holding the container.
@@ -187,9 +181,7 @@ fn io_error(what: &str, path: &Path, e: &io::Error) -> StorageError {
     }
     match e.kind() {
         ErrorKind::PermissionDenied => StorageError::Forbidden(message),
-        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            StorageError::Transient(message)
-        }
+        ErrorKind::Interrupted | ErrorKind::WouldBlock | ErrorKind::TimedOut => StorageError::Transient(message),
         _ => StorageError::Other(message),
     }
 }
@@ -262,9 +254,7 @@ fn check_condition(
             expected.0
         ))),
         (Condition::IfNotExists, None) => Ok(()),
-        (Condition::IfNotExists, Some(_)) => Err(StorageError::PreconditionFailed(format!(
-            "{name} already exists"
-        ))),
+        (Condition::IfNotExists, Some(_)) => Err(StorageError::PreconditionFailed(format!("{name} already exists"))),
     }
 }
 
@@ -297,8 +287,7 @@ impl TempFile {
             .ok_or_else(|| StorageError::Other(format!("{} closed", self.path.display())))?;
         file.set_modified(unique_mtime())
             .map_err(|e| io_error("cannot set the time of", &self.path, &e))?;
-        file.sync_all()
-            .map_err(|e| io_error("cannot flush", &self.path, &e))?;
+        file.sync_all().map_err(|e| io_error("cannot flush", &self.path, &e))?;
         drop(file);
         fs::rename(&self.path, target).map_err(|e| io_error("cannot replace", target, &e))?;
         self.path = PathBuf::new();
@@ -350,10 +339,7 @@ impl Inner {
             .create_new(true)
             .open(&path)
             .map_err(|e| io_error("cannot create temporary file", &path, &e))?;
-        Ok(TempFile {
-            path,
-            file: Some(file),
-        })
+        Ok(TempFile { path, file: Some(file) })
     }
 
     /// The current state of a blob's path: `None` if absent.
@@ -426,12 +412,7 @@ impl Inner {
         }
     }
 
-    fn write_blocklist(
-        &self,
-        name: &str,
-        etag: &ETag,
-        blocks: &[PlacedBlock],
-    ) -> StorageResult<()> {
+    fn write_blocklist(&self, name: &str, etag: &ETag, blocks: &[PlacedBlock]) -> StorageResult<()> {
         let path = self.blocklist_path(name);
         if blocks.is_empty() {
             return self.remove_blocklist(name);
@@ -485,11 +466,9 @@ impl Inner {
             Err(e) if is_absent(&e) => {}
             Err(e) => return Err(io_error("cannot list", &dir, &e)),
         }
-        Ok(self.stat(name, path)?.and_then(|meta| {
-            self.committed_blocks(name, &meta)
-                .first()
-                .map(|b| b.id.0.len())
-        }))
+        Ok(self
+            .stat(name, path)?
+            .and_then(|meta| self.committed_blocks(name, &meta).first().map(|b| b.id.0.len())))
     }
 
     fn put_block(&self, name: &str, id: &BlockId, data: &[u8]) -> StorageResult<()> {
@@ -517,12 +496,7 @@ impl Inner {
         Ok(())
     }
 
-    fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[BlockId],
-        condition: &Condition,
-    ) -> StorageResult<ETag> {
+    fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag> {
         let path = self.blob_path(name)?;
         if blocks.len() > MAX_BLOCKS_PER_BLOB {
             return Err(StorageError::Invalid(format!(
@@ -569,14 +543,7 @@ impl Inner {
         let mut layout = Vec::with_capacity(blocks.len());
         let mut offset = 0u64;
         for id in blocks {
-            let size = self.append_block(
-                name,
-                id,
-                &staged,
-                &committed,
-                current_file.as_ref(),
-                temp.file()?,
-            )?;
+            let size = self.append_block(name, id, &staged, &committed, current_file.as_ref(), temp.file()?)?;
             layout.push(PlacedBlock {
                 id: id.clone(),
                 offset,
@@ -608,8 +575,7 @@ impl Inner {
         let staged_path = staged.join(hex_encode(&id.0));
         match File::open(&staged_path) {
             Ok(mut block) => {
-                return io::copy(&mut block, out)
-                    .map_err(|e| io_error("cannot copy staged block", &staged_path, &e));
+                return io::copy(&mut block, out).map_err(|e| io_error("cannot copy staged block", &staged_path, &e));
             }
             Err(e) if is_absent(&e) => {}
             Err(e) => return Err(io_error("cannot open", &staged_path, &e)),
@@ -624,13 +590,8 @@ impl Inner {
         let mut file = current.ok_or_else(missing)?;
         file.seek(SeekFrom::Start(block.offset))
             .map_err(|e| io_error("cannot seek in", &self.root.join(name), &e))?;
-        let copied = io::copy(&mut file.take(block.size), out).map_err(|e| {
-            io_error(
-                "cannot copy a committed block of",
-                &self.root.join(name),
-                &e,
-            )
-        })?;
+        let copied = io::copy(&mut file.take(block.size), out)
+            .map_err(|e| io_error("cannot copy a committed block of", &self.root.join(name), &e))?;
         if copied != block.size {
             return Err(StorageError::Other(format!(
                 "{name} is shorter than its committed block list"
@@ -639,18 +600,10 @@ impl Inner {
         Ok(copied)
     }
 
-    fn put_blob(
-        &self,
-        name: &str,
-        data: &[u8],
-        is_dir_marker: bool,
-        condition: &Condition,
-    ) -> StorageResult<ETag> {
+    fn put_blob(&self, name: &str, data: &[u8], is_dir_marker: bool, condition: &Condition) -> StorageResult<ETag> {
         let path = self.blob_path(name)?;
         if is_dir_marker && !data.is_empty() {
-            return Err(StorageError::Invalid(format!(
-                "directory marker {name} must be empty"
-            )));
+            return Err(StorageError::Invalid(format!("directory marker {name} must be empty")));
         }
         let mut temp = if is_dir_marker {
             None
@@ -739,16 +692,14 @@ impl Inner {
                     Err(e) if is_absent(&e) => return Err(StorageError::NotFound(from.to_owned())),
                     Err(e) => return Err(io_error("cannot open", &source, &e)),
                 };
-                io::copy(&mut input, temp.file()?)
-                    .map_err(|e| io_error("cannot copy", &source, &e))?;
+                io::copy(&mut input, temp.file()?).map_err(|e| io_error("cannot copy", &source, &e))?;
                 let _guard = self.lock();
                 if self.stat(to, &target)?.is_some_and(|m| m.is_dir()) {
                     return Err(directory_conflict(to));
                 }
                 self.ensure_parents(to)?;
                 temp.persist(&target)?;
-                let meta =
-                    fs::metadata(&target).map_err(|e| io_error("cannot read", &target, &e))?;
+                let meta = fs::metadata(&target).map_err(|e| io_error("cannot read", &target, &e))?;
                 self.remove_blocklist(to)?;
                 self.discard_staged(to)?;
                 Ok(etag_of(&meta))
@@ -771,20 +722,11 @@ impl Inner {
         Ok(self
             .committed_blocks(name, &meta)
             .into_iter()
-            .map(|b| CommittedBlock {
-                id: b.id,
-                size: b.size,
-            })
+            .map(|b| CommittedBlock { id: b.id, size: b.size })
             .collect())
     }
 
-    fn read_range(
-        &self,
-        name: &str,
-        offset: u64,
-        len: usize,
-        condition: &Condition,
-    ) -> StorageResult<Vec<u8>> {
+    fn read_range(&self, name: &str, offset: u64, len: usize, condition: &Condition) -> StorageResult<Vec<u8>> {
         let path = self.blob_path(name)?;
         let file = match File::open(&path) {
             Ok(file) => Some(file),
@@ -827,9 +769,7 @@ impl Inner {
             self.root.clone()
         } else {
             let trimmed = prefix.strip_suffix('/').ok_or_else(|| {
-                StorageError::Invalid(format!(
-                    "listing prefix {prefix:?} must be empty or end with /"
-                ))
+                StorageError::Invalid(format!("listing prefix {prefix:?} must be empty or end with /"))
             })?;
             self.blob_path(trimmed)?
         };
@@ -869,16 +809,15 @@ impl Inner {
     }
 
     fn check_access(&self) -> StorageResult<()> {
-        let meta = fs::metadata(&self.root)
-            .map_err(|e| io_error("cannot access the storage directory", &self.root, &e))?;
+        let meta =
+            fs::metadata(&self.root).map_err(|e| io_error("cannot access the storage directory", &self.root, &e))?;
         if !meta.is_dir() {
             return Err(StorageError::Other(format!(
                 "{} is not a directory",
                 self.root.display()
             )));
         }
-        fs::read_dir(&self.root)
-            .map_err(|e| io_error("cannot list the storage directory", &self.root, &e))?;
+        fs::read_dir(&self.root).map_err(|e| io_error("cannot list the storage directory", &self.root, &e))?;
         let probe = self.temp_file()?;
         drop(probe);
         Ok(())
@@ -914,9 +853,7 @@ fn parse_blocklist(reader: impl BufRead, etag: &ETag) -> io::Result<Option<Vec<P
             offset,
             size,
         });
-        offset = offset
-            .checked_add(size)
-            .ok_or_else(|| malformed("blocks too large"))?;
+        offset = offset.checked_add(size).ok_or_else(|| malformed("blocks too large"))?;
     }
     Ok(Some(blocks))
 }
@@ -937,13 +874,7 @@ impl BlobStore for LocalStore {
         self.blocking(move |s| s.get_block_list(&name)).await
     }
 
-    async fn read_range(
-        &self,
-        name: &str,
-        offset: u64,
-        buf: &mut [u8],
-        condition: &Condition,
-    ) -> StorageResult<usize> {
+    async fn read_range(&self, name: &str, offset: u64, buf: &mut [u8], condition: &Condition) -> StorageResult<usize> {
         let name = name.to_owned();
         let condition = condition.clone();
         let len = buf.len();
@@ -963,12 +894,7 @@ impl BlobStore for LocalStore {
         self.blocking(move |s| s.put_block(&name, &id, &data)).await
     }
 
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[BlockId],
-        condition: &Condition,
-    ) -> StorageResult<ETag> {
+    async fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag> {
         let name = name.to_owned();
         let blocks = blocks.to_vec();
         let condition = condition.clone();

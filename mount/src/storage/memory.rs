@@ -3,8 +3,8 @@
 //! cache can be exercised against a slow store.
 
 use super::{
-    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, ListedBlob, Listing,
-    StorageError, StorageResult,
+    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, ListedBlob, Listing, StorageError,
+    StorageResult,
 };
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -95,8 +95,7 @@ impl Shaping {
     /// after, so that concurrent requests can interleave as they would on
     /// a network; bodies take their transfer time on their side of it.
     fn request_delay(&self, request_bytes: usize) -> Duration {
-        self.half_latency()
-            .saturating_add(self.transfer_time(request_bytes))
+        self.half_latency().saturating_add(self.transfer_time(request_bytes))
     }
 
     fn half_latency(&self) -> Duration {
@@ -133,9 +132,7 @@ fn check_condition(
         ))),
         (Condition::IfNotExists, None) if for_read => Err(StorageError::NotFound(name.to_owned())),
         (Condition::IfNotExists, None) => Ok(()),
-        (Condition::IfNotExists, Some(_)) => Err(StorageError::PreconditionFailed(format!(
-            "{name} already exists"
-        ))),
+        (Condition::IfNotExists, Some(_)) => Err(StorageError::PreconditionFailed(format!("{name} already exists"))),
     }
 }
 
@@ -167,19 +164,14 @@ impl MemoryStore {
     pub fn with_shaping(latency: Duration, bytes_per_sec: Option<u64>) -> MemoryStore {
         MemoryStore {
             state: Mutex::default(),
-            shaping: Shaping {
-                latency,
-                bytes_per_sec,
-            },
+            shaping: Shaping { latency, bytes_per_sec },
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated
         // in a way that matters to a test double, so carry on.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn delay(duration: Duration) {
@@ -253,22 +245,14 @@ impl BlobStore for MemoryStore {
         result
     }
 
-    async fn read_range(
-        &self,
-        name: &str,
-        offset: u64,
-        buf: &mut [u8],
-        condition: &Condition,
-    ) -> StorageResult<usize> {
+    async fn read_range(&self, name: &str, offset: u64, buf: &mut [u8], condition: &Condition) -> StorageResult<usize> {
         self.before(0).await;
         let data = {
             let state = self.lock();
             let current = state.committed(name);
             check_condition(name, current, condition, true)?;
             let current = current.ok_or_else(|| StorageError::NotFound(name.to_owned()))?;
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(current.data.len());
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(current.data.len());
             let end = start.saturating_add(buf.len()).min(current.data.len());
             current.data.slice(start..end)
         };
@@ -310,12 +294,7 @@ impl BlobStore for MemoryStore {
         Ok(())
     }
 
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[BlockId],
-        condition: &Condition,
-    ) -> StorageResult<ETag> {
+    async fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag> {
         check_name(name)?;
         if blocks.len() > MAX_BLOCKS_PER_BLOB {
             return Err(StorageError::Invalid(format!(
@@ -381,9 +360,7 @@ impl BlobStore for MemoryStore {
     ) -> StorageResult<ETag> {
         check_name(name)?;
         if is_dir_marker && !data.is_empty() {
-            return Err(StorageError::Invalid(format!(
-                "directory marker {name} must be empty"
-            )));
+            return Err(StorageError::Invalid(format!("directory marker {name} must be empty")));
         }
         self.before(data.len()).await;
         let etag = {
@@ -456,13 +433,7 @@ impl BlobStore for MemoryStore {
                 .committed(from)
                 .cloned()
                 .ok_or_else(|| StorageError::NotFound(from.to_owned()))?;
-            Self::commit(
-                &mut state,
-                to,
-                source.data,
-                source.blocks,
-                source.is_dir_marker,
-            )
+            Self::commit(&mut state, to, source.data, source.blocks, source.is_dir_marker)
         };
         self.after(0).await;
         Ok(etag)

@@ -127,25 +127,14 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Reads `buf.len()` bytes starting at `offset` into `buf` from the blob,
     /// which must satisfy `condition`. Returns the number of bytes read, which
     /// is less than `buf.len()` only at the end of the blob.
-    async fn read_range(
-        &self,
-        name: &str,
-        offset: u64,
-        buf: &mut [u8],
-        condition: &Condition,
-    ) -> StorageResult<usize>;
+    async fn read_range(&self, name: &str, offset: u64, buf: &mut [u8], condition: &Condition) -> StorageResult<usize>;
 
     /// Stages an uncommitted block.
     async fn put_block(&self, name: &str, id: &BlockId, data: Bytes) -> StorageResult<()>;
 
     /// Commits the blob as the concatenation of the named blocks (each either
     /// staged or already committed to this blob), atomically. Returns the new ETag.
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[BlockId],
-        condition: &Condition,
-    ) -> StorageResult<ETag>;
+    async fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag>;
 
     /// Creates or replaces a blob in one request (small blobs and directory markers).
     async fn put_blob(

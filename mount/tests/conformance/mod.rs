@@ -24,10 +24,7 @@ pub fn id(n: u32) -> BlockId {
 async fn read_all(store: &dyn BlobStore, name: &str) -> Vec<u8> {
     let size = store.get_properties(name).await.unwrap().size as usize;
     let mut buf = vec![0u8; size + 10];
-    let n = store
-        .read_range(name, 0, &mut buf, &Condition::None)
-        .await
-        .unwrap();
+    let n = store.read_range(name, 0, &mut buf, &Condition::None).await.unwrap();
     assert_eq!(n, size, "read_all({name}) short");
     buf.truncate(n);
     buf
@@ -63,10 +60,7 @@ pub async fn stage_and_commit(store: &dyn BlobStore) {
             .await
             .unwrap();
     }
-    assert_not_found(
-        store.get_properties(name).await,
-        "staged blocks are not a blob",
-    );
+    assert_not_found(store.get_properties(name).await, "staged blocks are not a blob");
     let etag = store
         .put_block_list(name, &[id(0), id(1), id(2)], &Condition::None)
         .await
@@ -83,10 +77,7 @@ pub async fn stage_and_commit(store: &dyn BlobStore) {
         .put_block(name, &id(7), Bytes::from_static(b"seven"))
         .await
         .unwrap();
-    store
-        .put_block_list(name, &[id(0)], &Condition::None)
-        .await
-        .unwrap();
+    store.put_block_list(name, &[id(0)], &Condition::None).await.unwrap();
     assert_invalid(
         store.put_block_list(name, &[id(7)], &Condition::None).await,
         "a staged block dropped by a commit",
@@ -110,10 +101,7 @@ pub async fn reuse_committed_blocks(store: &dyn BlobStore) {
         .await
         .unwrap();
     let d = pattern(13, 900);
-    store
-        .put_block(name, &id(3), Bytes::from(d.clone()))
-        .await
-        .unwrap();
+    store.put_block(name, &id(3), Bytes::from(d.clone())).await.unwrap();
     store
         .put_block_list(name, &[id(2), id(3), id(0)], &Condition::None)
         .await
@@ -123,18 +111,9 @@ pub async fn reuse_committed_blocks(store: &dyn BlobStore) {
     assert_eq!(
         list,
         vec![
-            CommittedBlock {
-                id: id(2),
-                size: 300
-            },
-            CommittedBlock {
-                id: id(3),
-                size: 900
-            },
-            CommittedBlock {
-                id: id(0),
-                size: 500
-            },
+            CommittedBlock { id: id(2), size: 300 },
+            CommittedBlock { id: id(3), size: 900 },
+            CommittedBlock { id: id(0), size: 500 },
         ]
     );
     // id(1) was dropped from the blob by the last commit.
@@ -157,22 +136,12 @@ pub async fn reuse_committed_blocks(store: &dyn BlobStore) {
 pub async fn conditions(store: &dyn BlobStore) {
     let name = "cond/file";
     let first = store
-        .put_blob(
-            name,
-            Bytes::from_static(b"one"),
-            false,
-            &Condition::IfNotExists,
-        )
+        .put_blob(name, Bytes::from_static(b"one"), false, &Condition::IfNotExists)
         .await
         .unwrap();
     assert_precondition(
         store
-            .put_blob(
-                name,
-                Bytes::from_static(b"x"),
-                false,
-                &Condition::IfNotExists,
-            )
+            .put_blob(name, Bytes::from_static(b"x"), false, &Condition::IfNotExists)
             .await,
         "put_blob IfNotExists on an existing blob",
     );
@@ -209,9 +178,7 @@ pub async fn conditions(store: &dyn BlobStore) {
         "put_block_list IfMatch with a stale ETag",
     );
     assert_precondition(
-        store
-            .put_block_list(name, &[id(0)], &Condition::IfNotExists)
-            .await,
+        store.put_block_list(name, &[id(0)], &Condition::IfNotExists).await,
         "put_block_list IfNotExists on an existing blob",
     );
     assert_eq!(read_all(store, name).await, b"two");
@@ -223,9 +190,7 @@ pub async fn conditions(store: &dyn BlobStore) {
 
     let mut buf = [0u8; 5];
     assert_precondition(
-        store
-            .read_range(name, 0, &mut buf, &Condition::IfMatch(second))
-            .await,
+        store.read_range(name, 0, &mut buf, &Condition::IfMatch(second)).await,
         "read_range IfMatch with a stale ETag",
     );
     let n = store
@@ -243,12 +208,7 @@ pub async fn conditions(store: &dyn BlobStore) {
     );
     assert_precondition(
         store
-            .put_blob(
-                missing,
-                Bytes::from_static(b"x"),
-                false,
-                &Condition::IfMatch(first),
-            )
+            .put_blob(missing, Bytes::from_static(b"x"), false, &Condition::IfMatch(first))
             .await,
         "put_blob IfMatch on a missing blob",
     );
@@ -271,10 +231,7 @@ pub async fn etag_changes_on_every_commit(store: &dyn BlobStore) {
             .put_block(name, &id(0), Bytes::from_static(b"same"))
             .await
             .unwrap();
-        let etag = store
-            .put_block_list(name, &[id(0)], &Condition::None)
-            .await
-            .unwrap();
+        let etag = store.put_block_list(name, &[id(0)], &Condition::None).await.unwrap();
         assert!(!seen.contains(&etag), "round {round}: ETag {etag:?} reused");
         assert_eq!(store.get_properties(name).await.unwrap().etag, etag);
         seen.push(etag);
@@ -295,17 +252,11 @@ pub async fn ranged_reads(store: &dyn BlobStore) {
         .await
         .unwrap();
     let mut buf = vec![0u8; 100];
-    let n = store
-        .read_range(name, 200, &mut buf, &Condition::None)
-        .await
-        .unwrap();
+    let n = store.read_range(name, 200, &mut buf, &Condition::None).await.unwrap();
     assert_eq!(n, 100);
     assert_eq!(buf, data[200..300]);
 
-    let n = store
-        .read_range(name, 950, &mut buf, &Condition::None)
-        .await
-        .unwrap();
+    let n = store.read_range(name, 950, &mut buf, &Condition::None).await.unwrap();
     assert_eq!(n, 50, "short read at the end");
     assert_eq!(buf[..50], data[950..]);
 
@@ -317,10 +268,7 @@ pub async fn ranged_reads(store: &dyn BlobStore) {
         assert_eq!(n, 0, "read at {offset}, at or past the end");
     }
 
-    let n = store
-        .read_range(name, 0, &mut [], &Condition::None)
-        .await
-        .unwrap();
+    let n = store.read_range(name, 0, &mut [], &Condition::None).await.unwrap();
     assert_eq!(n, 0, "empty buffer");
 
     let empty = "range/empty";
@@ -328,10 +276,7 @@ pub async fn ranged_reads(store: &dyn BlobStore) {
         .put_blob(empty, Bytes::new(), false, &Condition::None)
         .await
         .unwrap();
-    let n = store
-        .read_range(empty, 0, &mut buf, &Condition::None)
-        .await
-        .unwrap();
+    let n = store.read_range(empty, 0, &mut buf, &Condition::None).await.unwrap();
     assert_eq!(n, 0, "read of an empty blob");
     assert_eq!(store.get_properties(empty).await.unwrap().size, 0);
 }
@@ -346,10 +291,7 @@ pub async fn block_list_round_trip(store: &dyn BlobStore) {
             .await
             .unwrap();
     }
-    store
-        .put_block_list(name, &ids, &Condition::None)
-        .await
-        .unwrap();
+    store.put_block_list(name, &ids, &Condition::None).await.unwrap();
     let list = store.get_block_list(name).await.unwrap();
     let expected: Vec<CommittedBlock> = ids
         .iter()
@@ -377,10 +319,7 @@ pub async fn listing(store: &dyn BlobStore) {
         } else {
             Bytes::from(name.as_bytes())
         };
-        store
-            .put_blob(name, data, marker, &Condition::None)
-            .await
-            .unwrap();
+        store.put_blob(name, data, marker, &Condition::None).await.unwrap();
     };
     put("list/a.txt", false).await;
     put("list/b/c.txt", false).await;
@@ -431,13 +370,7 @@ pub async fn delete(store: &dyn BlobStore) {
         "read of a deleted blob",
     );
     assert_not_found(store.delete_blob(name).await, "second delete");
-    assert!(store
-        .list("del/")
-        .await
-        .unwrap()
-        .blobs
-        .iter()
-        .all(|b| b.name != name));
+    assert!(store.list("del/").await.unwrap().blobs.iter().all(|b| b.name != name));
 
     store
         .put_blob("del/marker", Bytes::new(), true, &Condition::None)
@@ -452,31 +385,17 @@ pub async fn delete(store: &dyn BlobStore) {
 pub async fn copy(store: &dyn BlobStore) {
     let from = "copy/src";
     let data = pattern(5, 2000);
-    store
-        .put_block(from, &id(0), Bytes::from(data.clone()))
-        .await
-        .unwrap();
-    let source_etag = store
-        .put_block_list(from, &[id(0)], &Condition::None)
-        .await
-        .unwrap();
+    store.put_block(from, &id(0), Bytes::from(data.clone())).await.unwrap();
+    let source_etag = store.put_block_list(from, &[id(0)], &Condition::None).await.unwrap();
     let copy_etag = store.copy_blob(from, "copy/dst/a").await.unwrap();
     assert_ne!(copy_etag, source_etag);
     assert_eq!(read_all(store, "copy/dst/a").await, data);
-    assert_eq!(
-        store.get_properties("copy/dst/a").await.unwrap().etag,
-        copy_etag
-    );
+    assert_eq!(store.get_properties("copy/dst/a").await.unwrap().etag, copy_etag);
     assert_eq!(read_all(store, from).await, data, "source intact");
 
     // Copying over an existing blob replaces it.
     store
-        .put_blob(
-            "copy/old",
-            Bytes::from_static(b"old"),
-            false,
-            &Condition::None,
-        )
+        .put_blob("copy/old", Bytes::from_static(b"old"), false, &Condition::None)
         .await
         .unwrap();
     store.copy_blob(from, "copy/old").await.unwrap();
@@ -515,14 +434,9 @@ pub async fn mismatched_id_lengths(store: &dyn BlobStore) {
     let name = "idlen/file";
     let short = BlockId(b"abcd".to_vec());
     let long = BlockId(b"abcdefgh".to_vec());
-    store
-        .put_block(name, &long, Bytes::from_static(b"long"))
-        .await
-        .unwrap();
+    store.put_block(name, &long, Bytes::from_static(b"long")).await.unwrap();
     // Azure may refuse the second length already when staging.
-    let staged_short = store
-        .put_block(name, &short, Bytes::from_static(b"short"))
-        .await;
+    let staged_short = store.put_block(name, &short, Bytes::from_static(b"short")).await;
     if let Err(e) = &staged_short {
         assert!(matches!(e, StorageError::Invalid(_)), "{e:?}");
     }
@@ -533,10 +447,7 @@ pub async fn mismatched_id_lengths(store: &dyn BlobStore) {
         "commit of ids with different lengths",
     );
     assert_not_found(store.get_properties(name).await, "after a refused commit");
-    store
-        .put_block_list(name, &[long], &Condition::None)
-        .await
-        .unwrap();
+    store.put_block_list(name, &[long], &Condition::None).await.unwrap();
     assert_eq!(read_all(store, name).await, b"long");
 }
 
@@ -546,17 +457,11 @@ pub async fn hundred_blocks(store: &dyn BlobStore) {
     let mut ids = Vec::new();
     for n in 0..100u32 {
         let data = pattern(n as u8, 1000 + n as usize);
-        store
-            .put_block(name, &id(n), Bytes::from(data.clone()))
-            .await
-            .unwrap();
+        store.put_block(name, &id(n), Bytes::from(data.clone())).await.unwrap();
         expected.extend_from_slice(&data);
         ids.push(id(n));
     }
-    store
-        .put_block_list(name, &ids, &Condition::None)
-        .await
-        .unwrap();
+    store.put_block_list(name, &ids, &Condition::None).await.unwrap();
     assert_eq!(read_all(store, name).await, expected);
     let list = store.get_block_list(name).await.unwrap();
     assert_eq!(list.len(), 100);
