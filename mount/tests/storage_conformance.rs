@@ -136,6 +136,7 @@ macro_rules! all_cases {
             not_found,
             mismatched_id_lengths,
             hundred_blocks,
+            large_blocks,
             check_access,
         );
     };

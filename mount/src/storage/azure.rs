@@ -790,6 +790,16 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_headers() {
+        let mut headers = Headers::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "3");
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert("x-ms-retry-after-ms", "250");
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
     fn signatures_are_redacted() {
         assert_eq!(
             redact("url (http://h/c?sv=1&sig=abc%3D&sp=r) and sig=x"),
