@@ -14,35 +14,48 @@ mod conformance;
 use blobcache::storage::local::LocalStore;
 use blobcache::storage::memory::MemoryStore;
 use blobcache::storage::BlobStore;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A store for one test, with whatever must live as long as it.
 struct Backend {
-    store: Box<dyn BlobStore>,
+    store: Arc<dyn BlobStore>,
     _dir: Option<tempfile::TempDir>,
+    #[cfg(feature = "azure")]
+    container: Option<Arc<blobcache::storage::azure::AzureStore>>,
+}
+
+impl Backend {
+    fn new(store: impl BlobStore, dir: Option<tempfile::TempDir>) -> Backend {
+        Backend {
+            store: Arc::new(store),
+            _dir: dir,
+            #[cfg(feature = "azure")]
+            container: None,
+        }
+    }
+
+    async fn finish(self) {
+        #[cfg(feature = "azure")]
+        if let Some(container) = self.container {
+            container.delete_container().await.unwrap();
+        }
+    }
 }
 
 async fn memory() -> Option<Backend> {
-    Some(Backend {
-        store: Box::new(MemoryStore::new()),
-        _dir: None,
-    })
+    Some(Backend::new(MemoryStore::new(), None))
 }
 
 async fn shaped_memory() -> Option<Backend> {
-    Some(Backend {
-        store: Box::new(MemoryStore::with_shaping(Duration::from_micros(200), Some(200 << 20))),
-        _dir: None,
-    })
+    let store = MemoryStore::with_shaping(Duration::from_micros(200), Some(200 << 20));
+    Some(Backend::new(store, None))
 }
 
 async fn local() -> Option<Backend> {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path().join("container")).unwrap();
-    Some(Backend {
-        store: Box::new(store),
-        _dir: Some(dir),
-    })
+    Some(Backend::new(store, Some(dir)))
 }
 
 #[cfg(feature = "azure")]
@@ -83,9 +96,11 @@ async fn azurite() -> Option<Backend> {
     })
     .unwrap();
     store.create_container().await.unwrap();
+    let store = Arc::new(store);
     Some(Backend {
-        store: Box::new(store),
+        store: store.clone(),
         _dir: None,
+        container: Some(store),
     })
 }
 
@@ -97,6 +112,7 @@ macro_rules! suite {
                 async fn $case() {
                     if let Some(backend) = super::$backend().await {
                         super::conformance::$case(&*backend.store).await;
+                        backend.finish().await;
                     }
                 }
             )*
@@ -120,6 +136,7 @@ macro_rules! all_cases {
             not_found,
             mismatched_id_lengths,
             hundred_blocks,
+            large_blocks,
             check_access,
         );
     };

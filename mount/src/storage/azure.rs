@@ -154,6 +154,24 @@ impl Policy for ResponseErrorPolicy {
     }
 }
 
+/// Hides SAS signatures, which transport errors print as part of the URL.
+fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("sig=") {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        out.push_str("sig=REDACTED");
+        let value = after.get(4..).unwrap_or_default();
+        let end = value
+            .find(|c: char| c == '&' || c == ')' || c.is_whitespace())
+            .unwrap_or(value.len());
+        rest = value.get(end..).unwrap_or_default();
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The messages of an error and of its sources, which is where the cause of
 /// a connection failure is.
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -167,7 +185,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    redact(&text)
 }
 
 fn quoted(etag: &str) -> ETag {
@@ -361,15 +379,25 @@ impl AzureStore {
             (404, _) => StorageError::NotFound(name.to_owned()),
             (304 | 412, _) | (409, "BlobAlreadyExists") => StorageError::PreconditionFailed(detail),
             (409, _) => StorageError::Conflict(detail),
-            (401 | 403, "AuthenticationFailed" | "InvalidAuthenticationInfo") => StorageError::Forbidden(format!(
-                "authentication failed at {} (wrong {}?): {service}",
+            (401, _) | (403, "AuthenticationFailed" | "InvalidAuthenticationInfo") => {
+                StorageError::Forbidden(format!(
+                    "authentication failed at {}: bad {} (wrong, or expired): {service}",
+                    self.endpoint,
+                    self.credential_kind()
+                ))
+            }
+            // Azure's answer to a request refused by network rules, and
+            // Azurite's to any bad signature.
+            (403, "AuthorizationFailure") => StorageError::Forbidden(format!(
+                "access to container {} at {} refused: bad {}, or no access from here: {service}",
+                self.container_name,
                 self.endpoint,
                 self.credential_kind()
             )),
-            (401 | 403, _) => StorageError::Forbidden(format!(
-                "no access to {name} in container {} with this {}: {service}",
-                self.container_name,
-                self.credential_kind()
+            (403, _) => StorageError::Forbidden(format!(
+                "no access: the {} does not allow this request on {name} in container {}: {service}",
+                self.credential_kind(),
+                self.container_name
             )),
             (429 | 503, _) => StorageError::Throttled {
                 message: detail,
@@ -705,6 +733,24 @@ mod tests {
     fn etags_are_quoted_once() {
         assert_eq!(quoted("0x1"), ETag("\"0x1\"".into()));
         assert_eq!(quoted("\"0x1\""), ETag("\"0x1\"".into()));
+    }
+
+    #[test]
+    fn retry_after_headers() {
+        let mut headers = Headers::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "3");
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert("x-ms-retry-after-ms", "250");
+        assert_eq!(retry_after(&headers), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn signatures_are_redacted() {
+        assert_eq!(
+            redact("url (http://h/c?sv=1&sig=abc%3D&sp=r) and sig=x"),
+            "url (http://h/c?sv=1&sig=REDACTED&sp=r) and sig=REDACTED"
+        );
     }
 
     #[test]

@@ -86,6 +86,9 @@ impl LocalStore {
         &self.inner.root
     }
 
+    // The simulator warns about blocking calls; the store still works
+    // there, it just runs the file system calls on the simulation thread.
+    #[cfg_attr(madsim, allow(deprecated))]
     async fn blocking<T, F>(&self, f: F) -> StorageResult<T>
     where
         T: Send + 'static,

@@ -454,3 +454,50 @@ fn push_prefix(prefixes: &mut Vec<String>, prefix: &str) {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn shaping_delays_requests_by_latency_and_size() {
+        let store = MemoryStore::with_shaping(Duration::from_millis(20), Some(10_000_000));
+        let start = Instant::now();
+        store
+            .put_blob(
+                "a",
+                Bytes::from(vec![0u8; 1_000_000]),
+                false,
+                &Condition::None,
+            )
+            .await
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(120));
+
+        let start = Instant::now();
+        store.get_properties("a").await.unwrap();
+        let small = start.elapsed();
+        assert!(small >= Duration::from_millis(20));
+        assert!(small < Duration::from_millis(100));
+
+        let start = Instant::now();
+        let mut buf = vec![0u8; 500_000];
+        store
+            .read_range("a", 0, &mut buf, &Condition::None)
+            .await
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(70));
+    }
+
+    #[test]
+    fn transfer_time_without_rate_is_zero() {
+        let shaping = Shaping::default();
+        assert_eq!(shaping.transfer_time(1 << 30), Duration::ZERO);
+        let fast = Shaping {
+            latency: Duration::ZERO,
+            bytes_per_sec: Some(1 << 20),
+        };
+        assert_eq!(fast.transfer_time(1 << 20), Duration::from_secs(1));
+    }
+}
