@@ -13,8 +13,7 @@
 use blobcache::storage::azure::{AzureCredentials, AzureSettings, AzureStore};
 use blobcache::storage::{BlobStore, StorageError};
 
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 fn azurite_endpoint() -> Option<String> {
     let endpoint = std::env::var("BLOBCACHE_AZURITE_ENDPOINT").ok();
@@ -50,11 +49,7 @@ fn unique_container(tag: &str) -> String {
 #[tokio::test]
 async fn unreachable_endpoint_is_transient_and_named() {
     let endpoint = "http://127.0.0.1:9/devstoreaccount1";
-    let store = store(
-        endpoint,
-        "data",
-        AzureCredentials::AccountKey(AZURITE_KEY.to_owned()),
-    );
+    let store = store(endpoint, "data", AzureCredentials::AccountKey(AZURITE_KEY.to_owned()));
     match store.check_access().await {
         Err(StorageError::Transient(message)) => {
             assert!(message.contains("127.0.0.1:9"), "{message}");
@@ -106,11 +101,7 @@ async fn missing_container_is_reported() {
         return;
     };
     let name = unique_container("missing");
-    let store = store(
-        &endpoint,
-        &name,
-        AzureCredentials::AccountKey(AZURITE_KEY.to_owned()),
-    );
+    let store = store(&endpoint, &name, AzureCredentials::AccountKey(AZURITE_KEY.to_owned()));
     match store.check_access().await {
         Err(StorageError::Other(message)) => {
             assert!(

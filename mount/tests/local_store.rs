@@ -48,10 +48,7 @@ async fn blobs_are_plain_files() {
     let refused = store
         .put_blob(".blobcache/x", Bytes::new(), false, &Condition::None)
         .await;
-    assert!(
-        matches!(refused, Err(StorageError::Invalid(_))),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Err(StorageError::Invalid(_))), "{refused:?}");
 
     // Staged blocks are gone after the commit.
     let staged = std::fs::read_dir(dir.path().join("c/.blobcache/staged"))
@@ -77,14 +74,8 @@ async fn files_added_outside_are_blobs() {
 async fn outside_edit_changes_etag_and_drops_block_list() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path()).unwrap();
-    store
-        .put_block("f", &id(0), Bytes::from_static(b"abc"))
-        .await
-        .unwrap();
-    let etag = store
-        .put_block_list("f", &[id(0)], &Condition::None)
-        .await
-        .unwrap();
+    store.put_block("f", &id(0), Bytes::from_static(b"abc")).await.unwrap();
+    let etag = store.put_block_list("f", &[id(0)], &Condition::None).await.unwrap();
     assert_eq!(store.get_block_list("f").await.unwrap().len(), 1);
 
     std::fs::write(dir.path().join("f"), b"edited").unwrap();
@@ -96,10 +87,7 @@ async fn outside_edit_changes_etag_and_drops_block_list() {
     let stale = store
         .read_range("f", 0, &mut buf, &Condition::IfMatch(etag.clone()))
         .await;
-    assert!(
-        matches!(stale, Err(StorageError::PreconditionFailed(_))),
-        "{stale:?}"
-    );
+    assert!(matches!(stale, Err(StorageError::PreconditionFailed(_))), "{stale:?}");
     // The old committed block no longer exists.
     let reuse = store.put_block_list("f", &[id(0)], &Condition::None).await;
     assert!(matches!(reuse, Err(StorageError::Invalid(_))), "{reuse:?}");
@@ -111,10 +99,7 @@ async fn block_list_survives_reopening() {
     {
         let store = LocalStore::open(dir.path()).unwrap();
         for n in 0..3 {
-            store
-                .put_block("r", &id(n), Bytes::from(vec![n; 10]))
-                .await
-                .unwrap();
+            store.put_block("r", &id(n), Bytes::from(vec![n; 10])).await.unwrap();
         }
         store
             .put_block_list("r", &[id(0), id(1), id(2)], &Condition::None)
@@ -145,10 +130,7 @@ async fn file_and_directory_clashes_are_conflicts() {
         .await
     {
         Err(StorageError::Conflict(message)) => {
-            assert!(
-                message.contains("a/b") && message.contains("a is a file"),
-                "{message}"
-            );
+            assert!(message.contains("a/b") && message.contains("a is a file"), "{message}");
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
@@ -159,18 +141,10 @@ async fn file_and_directory_clashes_are_conflicts() {
     let over_dir = store
         .put_blob("d", Bytes::from_static(b"x"), false, &Condition::None)
         .await;
-    assert!(
-        matches!(over_dir, Err(StorageError::Conflict(_))),
-        "{over_dir:?}"
-    );
+    assert!(matches!(over_dir, Err(StorageError::Conflict(_))), "{over_dir:?}");
     let non_empty = store.delete_blob("d").await;
-    assert!(
-        matches!(non_empty, Err(StorageError::Conflict(_))),
-        "{non_empty:?}"
-    );
-    let marker_over_file = store
-        .put_blob("a", Bytes::new(), true, &Condition::None)
-        .await;
+    assert!(matches!(non_empty, Err(StorageError::Conflict(_))), "{non_empty:?}");
+    let marker_over_file = store.put_blob("a", Bytes::new(), true, &Condition::None).await;
     assert!(
         matches!(marker_over_file, Err(StorageError::Conflict(_))),
         "{marker_over_file:?}"
@@ -186,20 +160,12 @@ async fn long_names_work() {
         .put_block(&name, &id(0), Bytes::from_static(b"long"))
         .await
         .unwrap();
-    store
-        .put_block_list(&name, &[id(0)], &Condition::None)
-        .await
-        .unwrap();
+    store.put_block_list(&name, &[id(0)], &Condition::None).await.unwrap();
     assert_eq!(store.get_block_list(&name).await.unwrap().len(), 1);
     assert_eq!(store.get_properties(&name).await.unwrap().size, 4);
     let too_long = "x".repeat(300);
-    let refused = store
-        .put_blob(&too_long, Bytes::new(), false, &Condition::None)
-        .await;
-    assert!(
-        matches!(refused, Err(StorageError::Invalid(_))),
-        "{refused:?}"
-    );
+    let refused = store.put_blob(&too_long, Bytes::new(), false, &Condition::None).await;
+    assert!(matches!(refused, Err(StorageError::Invalid(_))), "{refused:?}");
 }
 
 #[test]
@@ -209,9 +175,7 @@ fn open_names_the_path_it_cannot_create() {
     std::fs::write(&file, b"").unwrap();
     let error = LocalStore::open(file.join("sub")).unwrap_err();
     assert!(
-        error
-            .to_string()
-            .contains(&file.join("sub").display().to_string()),
+        error.to_string().contains(&file.join("sub").display().to_string()),
         "{error}"
     );
 }
@@ -230,12 +194,7 @@ async fn concurrent_conditional_commits_have_one_winner() {
         let base = base.clone();
         tasks.push(tokio::spawn(async move {
             store
-                .put_blob(
-                    "race",
-                    Bytes::from(vec![n]),
-                    false,
-                    &Condition::IfMatch(base),
-                )
+                .put_blob("race", Bytes::from(vec![n]), false, &Condition::IfMatch(base))
                 .await
         }));
     }

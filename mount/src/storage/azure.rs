@@ -379,13 +379,11 @@ impl AzureStore {
             (404, _) => StorageError::NotFound(name.to_owned()),
             (304 | 412, _) | (409, "BlobAlreadyExists") => StorageError::PreconditionFailed(detail),
             (409, _) => StorageError::Conflict(detail),
-            (401, _) | (403, "AuthenticationFailed" | "InvalidAuthenticationInfo") => {
-                StorageError::Forbidden(format!(
-                    "authentication failed at {}: bad {} (wrong, or expired): {service}",
-                    self.endpoint,
-                    self.credential_kind()
-                ))
-            }
+            (401, _) | (403, "AuthenticationFailed" | "InvalidAuthenticationInfo") => StorageError::Forbidden(format!(
+                "authentication failed at {}: bad {} (wrong, or expired): {service}",
+                self.endpoint,
+                self.credential_kind()
+            )),
             // Azure's answer to a request refused by network rules, and
             // Azurite's to any bad signature.
             (403, "AuthorizationFailure") => StorageError::Forbidden(format!(

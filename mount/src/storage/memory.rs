@@ -465,12 +465,7 @@ mod tests {
         let store = MemoryStore::with_shaping(Duration::from_millis(20), Some(10_000_000));
         let start = Instant::now();
         store
-            .put_blob(
-                "a",
-                Bytes::from(vec![0u8; 1_000_000]),
-                false,
-                &Condition::None,
-            )
+            .put_blob("a", Bytes::from(vec![0u8; 1_000_000]), false, &Condition::None)
             .await
             .unwrap();
         assert!(start.elapsed() >= Duration::from_millis(120));
@@ -483,10 +478,7 @@ mod tests {
 
         let start = Instant::now();
         let mut buf = vec![0u8; 500_000];
-        store
-            .read_range("a", 0, &mut buf, &Condition::None)
-            .await
-            .unwrap();
+        store.read_range("a", 0, &mut buf, &Condition::None).await.unwrap();
         assert!(start.elapsed() >= Duration::from_millis(70));
     }
 

@@ -490,24 +490,15 @@ pub async fn large_blocks(store: &dyn BlobStore) {
     let name = "large/file";
     let a = pattern(1, 3 << 20);
     let b = pattern(2, (3 << 20) + 5);
-    store
-        .put_block(name, &id(0), Bytes::from(a.clone()))
-        .await
-        .unwrap();
-    store
-        .put_block(name, &id(1), Bytes::from(b.clone()))
-        .await
-        .unwrap();
+    store.put_block(name, &id(0), Bytes::from(a.clone())).await.unwrap();
+    store.put_block(name, &id(1), Bytes::from(b.clone())).await.unwrap();
     store
         .put_block_list(name, &[id(0), id(1)], &Condition::None)
         .await
         .unwrap();
     let all = [a, b].concat();
     let mut buf = vec![0u8; 5 << 20];
-    let n = store
-        .read_range(name, 1000, &mut buf, &Condition::None)
-        .await
-        .unwrap();
+    let n = store.read_range(name, 1000, &mut buf, &Condition::None).await.unwrap();
     assert_eq!(n, 5 << 20);
     assert!(buf == all[1000..1000 + (5 << 20)]);
     let n = store
