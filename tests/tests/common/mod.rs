@@ -157,7 +157,7 @@ impl Run {
             ""
         };
         format!(
-            "exit status {}{timeout_note} after {:.1}s\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "{}{timeout_note} after {:.1}s\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.output.status,
             self.elapsed.as_secs_f64(),
             self.stdout().trim_end(),
