@@ -101,5 +101,15 @@ cargo test --workspace
 
 section "end-to-end tests ($BLOBCACHE_BIN)"
 # One test at a time: each mounts, and several 100 MiB copies at once would
-# only make the timings noisy on two cores.
-cargo test -p e2e --no-fail-fast -- --ignored --test-threads=1
+# only make the timings noisy on two cores. Each test bounds its own
+# commands; this bound keeps a binary that hangs in every test from holding
+# the run for hours.
+E2E_TIME_LIMIT_S=${BLOBCACHE_E2E_TIME_LIMIT_S:-1200}
+cargo test -p e2e --no-run
+e2e_status=0
+timeout -k 30 "$E2E_TIME_LIMIT_S" \
+    cargo test -p e2e --no-fail-fast -- --ignored --test-threads=1 || e2e_status=$?
+if [[ $e2e_status -eq 124 || $e2e_status -eq 137 ]]; then
+    echo "the end-to-end tests ran longer than ${E2E_TIME_LIMIT_S}s and were stopped" >&2
+fi
+exit "$e2e_status"

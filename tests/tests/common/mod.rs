@@ -438,23 +438,21 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        let pids = blobcache_pids(&self.mount_point);
-        let run = run_blobcache(
-            UNMOUNT_TIMEOUT,
-            [OsStr::new("unmount"), self.mount_point.as_os_str()],
-        );
-        if !run.success() || is_mounted(&self.mount_point) {
-            eprintln!(
-                "cleanup: `blobcache unmount {}` did not unmount ({}); detaching lazily",
-                self.mount_point.display(),
-                run.describe()
+        if self.mounted {
+            let run = run_blobcache(
+                UNMOUNT_TIMEOUT,
+                [OsStr::new("unmount"), self.mount_point.as_os_str()],
             );
-            force_unmount(&self.mount_point);
+            if !run.success() || is_mounted(&self.mount_point) {
+                eprintln!(
+                    "cleanup: `blobcache unmount {}` did not unmount ({}); detaching lazily",
+                    self.mount_point.display(),
+                    run.describe()
+                );
+                force_unmount(&self.mount_point);
+            }
+            self.forget_live();
         }
-        self.forget_live();
         if is_mounted(&self.mount_point) {
             eprintln!(
                 "cleanup: {} is still mounted; leaving the directory in place",
@@ -464,10 +462,15 @@ impl Drop for Mount {
                 let _ = dir.keep();
             }
         }
-        // The test failed or the unmount did: a lingering server would hold
-        // memory and the mount point for the rest of the run.
-        std::thread::sleep(Duration::from_millis(200));
-        for pid in pids.into_iter().filter(|pid| process_alive(*pid)) {
+        // After a failed test or unmount, a lingering server would hold
+        // memory and the mount point for the rest of the run: give it a
+        // moment to finish its shutdown, then end it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !blobcache_pids(&self.mount_point).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in blobcache_pids(&self.mount_point) {
+            eprintln!("cleanup: killing blobcache pid {pid}, still running after unmount");
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
         }
     }
