@@ -109,7 +109,11 @@ pub fn watchdog(test: &str, limit: Duration) -> Watchdog {
                 limit.as_secs()
             );
             for mount in live_mounts().iter() {
+                let pids = blobcache_pids(mount);
                 force_unmount(mount);
+                for pid in pids {
+                    let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
             }
             std::process::exit(2);
         }
