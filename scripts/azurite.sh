@@ -14,7 +14,7 @@
 set -euo pipefail
 
 AZURITE_VERSION=3.35.0
-TOOLS_DIR=${BLOBCACHE_TOOLS_DIR:-$HOME/.cache/blobcache-tools}
+TOOLS_DIR=${BLOBCACHE_TOOLS_DIR:-${HOME:-/root}/.cache/blobcache-tools}
 AZ_DIR=$TOOLS_DIR/azurite
 HOST=127.0.0.1
 PORT=${BLOBCACHE_AZURITE_PORT:-10000}
