@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The test command of the project: installs what is missing, then runs the
+# format check, clippy, the release build, the unit and integration tests
+# (storage tests against Azurite included) and the end-to-end tests, which
+# mount the release binary over a local directory and over Azurite.
+#
+#   scripts/test.sh
+#
+# Needs root (FUSE mounts, apt-get), Rust with rustup, Node 20 with npm.
+# Respects CARGO_TARGET_DIR. Azurite is started for the run and stopped at
+# the end; mounts left behind by a failed test are detached on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+AZURITE_PORT=${BLOBCACHE_AZURITE_PORT:-10000}
+export BLOBCACHE_AZURITE_PORT=$AZURITE_PORT
+export BLOBCACHE_AZURITE_ENDPOINT=http://127.0.0.1:$AZURITE_PORT/devstoreaccount1
+# Mount points and scratch files of the e2e tests go here, so that the exit
+# trap knows which mounts are ours.
+BLOBCACHE_E2E_TMP=$(mktemp -d "${TMPDIR:-/tmp}/blobcache-e2e.XXXXXX")
+export BLOBCACHE_E2E_TMP
+
+STARTED=$SECONDS
+section() { printf '\n==== %s (%ds) ====\n' "$*" "$((SECONDS - STARTED))"; }
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null; then
+        sudo "$@"
+    else
+        echo "need root to run: $*" >&2
+        return 1
+    fi
+}
+
+AZURITE_STARTED_HERE=0
+cleanup() {
+    local status=$?
+    set +e
+    # Deepest mount points first, in case one mount sits inside another.
+    local mount_point
+    while read -r mount_point; do
+        echo "cleanup: detaching leftover mount $mount_point" >&2
+        umount -l "$mount_point" 2>/dev/null || fusermount3 -uz "$mount_point" 2>/dev/null
+    done < <(awk -v dir="$BLOBCACHE_E2E_TMP/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    if [[ $AZURITE_STARTED_HERE == 1 ]]; then
+        "$ROOT/scripts/azurite.sh" stop
+    fi
+    rm -rf "$BLOBCACHE_E2E_TMP"
+    if [[ $status -eq 0 ]]; then
+        section "all tests passed"
+    else
+        section "FAILED (exit status $status)"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section "prerequisites"
+if ! command -v fusermount3 >/dev/null; then
+    echo "installing fuse3 (fusermount3)"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q fuse3
+fi
+[[ -e /dev/fuse ]] || { echo "/dev/fuse is missing: FUSE mounts are impossible here" >&2; exit 1; }
+if command -v rustup >/dev/null; then
+    for component in rustfmt clippy; do
+        if ! rustup component list --installed | grep -q "^$component"; then
+            rustup component add "$component"
+        fi
+    done
+fi
+"$ROOT/scripts/azurite.sh" install
+
+section "cargo fmt --check"
+cargo fmt --all --check
+
+section "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+section "cargo build --release -p blobcache-mount"
+cargo build --release -p blobcache-mount
+BLOBCACHE_BIN=$TARGET_DIR/release/blobcache
+[[ -x "$BLOBCACHE_BIN" ]] || { echo "the build did not produce $BLOBCACHE_BIN" >&2; exit 1; }
+export BLOBCACHE_BIN
+
+section "start Azurite"
+if ! "$ROOT/scripts/azurite.sh" status >/dev/null; then
+    AZURITE_STARTED_HERE=1
+fi
+"$ROOT/scripts/azurite.sh" start
+
+section "cargo test --workspace (unit and integration tests)"
+cargo test --workspace
+
+section "end-to-end tests ($BLOBCACHE_BIN)"
+# One test at a time: each mounts, and several 100 MiB copies at once would
+# only make the timings noisy on two cores. Each test bounds its own
+# commands; this bound keeps a binary that hangs in every test from holding
+# the run for hours.
+E2E_TIME_LIMIT_S=${BLOBCACHE_E2E_TIME_LIMIT_S:-1200}
+cargo test -p e2e --no-run
+e2e_status=0
+timeout -k 30 "$E2E_TIME_LIMIT_S" \
+    cargo test -p e2e --no-fail-fast -- --ignored --test-threads=1 || e2e_status=$?
+if [[ $e2e_status -eq 124 || $e2e_status -eq 137 ]]; then
+    echo "the end-to-end tests ran longer than ${E2E_TIME_LIMIT_S}s and were stopped" >&2
+fi
+exit "$e2e_status"
