@@ -12,7 +12,6 @@
 //! existing blobfuse2 file mounts unchanged; any other key is an error.
 
 use crate::shell::CacheOptions;
-use base64::Engine as _;
 use serde::Deserialize;
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -781,7 +780,7 @@ fn file_origin_path(origin: &Origin) -> String {
 }
 
 /// Azure's rule for account names: 3 to 24 lowercase letters and digits.
-fn valid_account_name(name: &str) -> bool {
+pub fn valid_account_name(name: &str) -> bool {
     (3..=24).contains(&name.len())
         && name
             .bytes()
@@ -1017,6 +1016,7 @@ fn resolve_azure(
                 hint: format!("mode is key; set account-key or {ENV_ACCESS_KEY}"),
             });
         }
+        use base64::Engine as _;
         if base64::engine::general_purpose::STANDARD
             .decode(key.value.expose().trim())
             .is_err()
