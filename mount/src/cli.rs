@@ -261,6 +261,19 @@ fn pid_path(home: &Path, mountpoint: &Path) -> PathBuf {
 
 /// Checks that `path` can be mounted on and returns its canonical form.
 pub fn check_mount_point(path: &Path, nonempty: bool) -> Result<PathBuf, CliError> {
+    // Looked up before any stat: a live or dead FUSE mount may not answer one.
+    let target = unmount_target(path)?;
+    if let Some(entry) =
+        mountinfo::find(&target).map_err(io_error("cannot read /proc/self/mountinfo"))?
+    {
+        if entry.is_fuse() {
+            return Err(CliError::AlreadyMounted {
+                path: target,
+                source_name: entry.source,
+                fstype: entry.fstype,
+            });
+        }
+    }
     let metadata = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -283,17 +296,6 @@ pub fn check_mount_point(path: &Path, nonempty: bool) -> Result<PathBuf, CliErro
         "cannot resolve mount point {}",
         path.display()
     )))?;
-    if let Some(entry) =
-        mountinfo::find(&canonical).map_err(io_error("cannot read /proc/self/mountinfo"))?
-    {
-        if entry.is_fuse() {
-            return Err(CliError::AlreadyMounted {
-                path: canonical,
-                source_name: entry.source,
-                fstype: entry.fstype,
-            });
-        }
-    }
     if !nonempty {
         let mut entries = std::fs::read_dir(&canonical).map_err(io_error(format!(
             "cannot list mount point {}",
@@ -313,6 +315,25 @@ pub fn check_fuse_device() -> Result<(), CliError> {
     } else {
         Err(CliError::NoFuseDevice)
     }
+}
+
+/// A local container directory must exist, except the default one, which
+/// is created on first use.
+fn check_local_dir(backend: &config::Backend) -> Result<(), CliError> {
+    let config::Backend::Local { path } = backend else {
+        return Ok(());
+    };
+    if path.is_dir() {
+        return Ok(());
+    }
+    let default = config::default_local_path(&config::process_env).ok();
+    if default.as_deref() != Some(path.as_path()) {
+        return Err(CliError::LocalDirMissing(path.clone()));
+    }
+    std::fs::create_dir_all(path).map_err(io_error(format!(
+        "cannot create local container directory {}",
+        path.display()
+    )))
 }
 
 fn run_mount(args: MountArgs) -> Result<(), CliError> {
@@ -347,6 +368,7 @@ fn run_mount(args: MountArgs) -> Result<(), CliError> {
     }
     let mountpoint = check_mount_point(&args.mountpoint, resolved.nonempty)?;
     check_fuse_device()?;
+    check_local_dir(&resolved.backend)?;
     if resolved.foreground || args.daemon_child {
         foreground::run(resolved, &mountpoint, args.daemon_child)
     } else {
@@ -503,9 +525,6 @@ fn wait_until_mounted(mountpoint: &Path) -> Result<(), CliError> {
 /// parent is resolved, the last component is kept as given.
 fn unmount_target(path: &Path) -> Result<PathBuf, CliError> {
     let abs = absolute(path)?;
-    if let Ok(canonical) = abs.canonicalize() {
-        return Ok(canonical);
-    }
     match (abs.parent(), abs.file_name()) {
         (Some(parent), Some(name)) => Ok(parent
             .canonicalize()
@@ -589,11 +608,20 @@ fn read_pid(path: &Path) -> Option<u32> {
     is_blobcache_process(pid).then_some(pid)
 }
 
-/// Guards against a recycled pid.
+/// Whether `pid` is a running blobcache process (not a recycled pid).
 fn is_blobcache_process(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|comm| comm.trim().starts_with("blobcache"))
-        .unwrap_or(false)
+        .unwrap_or(false);
+    // An exited process that nobody has reaped yet counts as gone.
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name.split_whitespace().next().map(str::to_string)
+        })
+        .is_some_and(|state| state != "Z" && state != "X");
+    named && running
 }
 
 /// Waits for the filesystem process to flush and exit after an unmount, so
@@ -720,16 +748,6 @@ mod foreground {
     async fn open_store(backend: Backend) -> Result<Arc<dyn BlobStore>, CliError> {
         let store: Arc<dyn BlobStore> = match backend {
             Backend::Local { path } => {
-                if !path.is_dir() {
-                    let default = config::default_local_path(&config::process_env).ok();
-                    if default.as_deref() != Some(path.as_path()) {
-                        return Err(CliError::LocalDirMissing(path));
-                    }
-                    std::fs::create_dir_all(&path).map_err(io_error(format!(
-                        "cannot create local container directory {}",
-                        path.display()
-                    )))?;
-                }
                 let what = format!("local directory {}", path.display());
                 let store = crate::storage::local::LocalStore::open(path)
                     .map_err(|source| CliError::Storage { what, source })?;
