@@ -862,7 +862,10 @@ mod foreground {
                 tracing::info!("stopped");
                 Ok(())
             }
-            Ok(Ended::Detached) => Ok(()),
+            Ok(Ended::Detached) => {
+                tracing::info!("stopped");
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }
@@ -933,6 +936,8 @@ mod foreground {
                             nix::mount::MntFlags::MNT_DETACH,
                         ) {
                             tracing::error!(error = %e, "lazy unmount failed");
+                        } else {
+                            tracing::info!("detached; open files fail from now on");
                         }
                         return Ok(Ended::Detached);
                     }
