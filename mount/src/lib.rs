@@ -3,7 +3,11 @@
 //! shell that executes the engine's effects, the storage backends, the FUSE
 //! adapter, configuration and the command line.
 
+pub mod cli;
+pub mod config;
 pub mod fs;
+#[cfg(feature = "fuse")]
+pub mod fuse;
 pub mod shell;
 pub mod storage;
 

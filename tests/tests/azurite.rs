@@ -69,10 +69,7 @@ fn assert_uniform_layout(az: &azure::Azurite, name: &str, block_size: u64, conte
 #[test]
 #[ignore = "end-to-end: mounts $BLOBCACHE_BIN over Azurite as root; run scripts/test.sh"]
 fn reads_and_extends_blobs_uploaded_directly() {
-    let _dog = watchdog(
-        "reads_blobs_uploaded_directly",
-        Duration::from_secs(10 * 60),
-    );
+    let _dog = watchdog("reads_blobs_uploaded_directly", Duration::from_secs(10 * 60));
     let backend = Backend::azurite("external");
     let az = backend.azurite_client();
     let cache = CacheConfig::SMALL;
@@ -91,10 +88,7 @@ fn reads_and_extends_blobs_uploaded_directly() {
 
     let mut mount = backend.mount(&cache);
     assert_same_tree(&expected, mount.path(), "blobs uploaded directly");
-    let env = [
-        ("EXP", expected.as_os_str()),
-        ("MNT", mount.path().as_os_str()),
-    ];
+    let env = [("EXP", expected.as_os_str()), ("MNT", mount.path().as_os_str())];
     // From inside the first block to inside the fourth, in odd-sized reads.
     sh(
         r#"for f in single.bin dir/blocks.bin; do
@@ -107,18 +101,9 @@ fn reads_and_extends_blobs_uploaded_directly() {
     let append = r#"head -c 100000 "$EXP/single.bin" >> "$ROOT/dir/blocks.bin""#;
     sh(
         append,
-        &[
-            ("EXP", expected.as_os_str()),
-            ("ROOT", mount.path().as_os_str()),
-        ],
+        &[("EXP", expected.as_os_str()), ("ROOT", mount.path().as_os_str())],
     );
-    sh(
-        append,
-        &[
-            ("EXP", expected.as_os_str()),
-            ("ROOT", expected.as_os_str()),
-        ],
-    );
+    sh(append, &[("EXP", expected.as_os_str()), ("ROOT", expected.as_os_str())]);
     mount.unmount();
 
     let want = fs::read(expected.join("dir/blocks.bin")).expect("read expected blocks");
@@ -180,23 +165,11 @@ fn error_wrong_account_key() {
     let backend = Backend::azurite("wrong-key");
     let az = backend.azurite_client();
     let wrong_key = ACCOUNT_KEY.replacen("Eby8", "AAAA", 1);
-    let yaml = format!(
-        "{}{}",
-        CacheConfig::SMALL.yaml(),
-        az.azstorage_yaml(&wrong_key)
-    );
+    let yaml = format!("{}{}", CacheConfig::SMALL.yaml(), az.azstorage_yaml(&wrong_key));
     let (_dir, config) = write_config(&yaml);
     expect_mount_error(
         &[OsString::from("--config-file"), config.into()],
-        &[
-            "key",
-            "auth",
-            "403",
-            "denied",
-            "forbidden",
-            "credential",
-            "signature",
-        ],
+        &["key", "auth", "403", "denied", "forbidden", "credential", "signature"],
         "a wrong account key",
     );
 }

@@ -83,9 +83,7 @@ pub fn scratch_dir(prefix: &str) -> TempDir {
 static LIVE_MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 fn live_mounts() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    LIVE_MOUNTS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    LIVE_MOUNTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Ends the whole test process if the test that holds it runs past its
@@ -230,11 +228,7 @@ pub fn try_sh(script: &str, env: &[(&str, &OsStr)]) -> Run {
 /// Paths are passed as environment variables so that no quoting is needed.
 pub fn sh(script: &str, env: &[(&str, &OsStr)]) -> String {
     let run = try_sh(script, env);
-    assert!(
-        run.success(),
-        "shell command failed:\n{script}\n{}",
-        run.describe()
-    );
+    assert!(run.success(), "shell command failed:\n{script}\n{}", run.describe());
     run.stdout()
 }
 
@@ -292,20 +286,13 @@ pub fn blobcache_pids(mount_point: &Path) -> Vec<u32> {
     };
     let mut pids = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         let dir = entry.path();
         let is_blobcache = fs::read_link(dir.join("exe"))
             .ok()
-            .and_then(|exe| {
-                exe.file_name()
-                    .map(|n| n.as_bytes().starts_with(b"blobcache"))
-            })
+            .and_then(|exe| exe.file_name().map(|n| n.as_bytes().starts_with(b"blobcache")))
             .unwrap_or(false);
         if !is_blobcache {
             continue;
@@ -367,11 +354,7 @@ impl Mount {
         let run = run_blobcache(MOUNT_TIMEOUT, &args);
         if !run.success() {
             force_unmount(&self.mount_point);
-            panic!(
-                "`blobcache {}` failed: {}",
-                join_args(&args),
-                run.describe()
-            );
+            panic!("`blobcache {}` failed: {}", join_args(&args), run.describe());
         }
         eprintln!("mounted: {}", run.stdout().trim_end());
         assert!(
@@ -389,10 +372,7 @@ impl Mount {
     pub fn unmount(&mut self) {
         assert!(self.mounted, "not mounted");
         let pids = blobcache_pids(&self.mount_point);
-        let run = run_blobcache(
-            UNMOUNT_TIMEOUT,
-            [OsStr::new("unmount"), self.mount_point.as_os_str()],
-        );
+        let run = run_blobcache(UNMOUNT_TIMEOUT, [OsStr::new("unmount"), self.mount_point.as_os_str()]);
         let still_mounted = is_mounted(&self.mount_point);
         if still_mounted {
             force_unmount(&self.mount_point);
@@ -443,10 +423,7 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         if self.mounted {
-            let run = run_blobcache(
-                UNMOUNT_TIMEOUT,
-                [OsStr::new("unmount"), self.mount_point.as_os_str()],
-            );
+            let run = run_blobcache(UNMOUNT_TIMEOUT, [OsStr::new("unmount"), self.mount_point.as_os_str()]);
             if !run.success() || is_mounted(&self.mount_point) {
                 eprintln!(
                     "cleanup: `blobcache unmount {}` did not unmount ({}); detaching lazily",
@@ -483,10 +460,7 @@ impl Drop for Mount {
 fn process_alive(pid: u32) -> bool {
     // A zombie has no memory map left but still has a /proc entry.
     fs::read_to_string(format!("/proc/{pid}/status"))
-        .map(|s| {
-            !s.lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'))
-        })
+        .map(|s| !s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
         .unwrap_or(false)
 }
 
@@ -523,10 +497,7 @@ pub fn expect_mount_error(args: &[OsString], any_of: &[&str], what: &str) {
     }
     assert!(!run.timed_out(), "{what}: `blobcache mount` hung");
     assert!(!run.success(), "{what}: `blobcache mount` succeeded");
-    assert!(
-        !mounted,
-        "{what}: `blobcache mount` failed but left a mount"
-    );
+    assert!(!mounted, "{what}: `blobcache mount` failed but left a mount");
     assert!(
         run.elapsed <= ERROR_TIME_LIMIT,
         "{what}: the error took {:.1}s (limit {}s)",
@@ -535,9 +506,7 @@ pub fn expect_mount_error(args: &[OsString], any_of: &[&str], what: &str) {
     );
     let message = format!("{}{}", run.stdout(), run.stderr()).to_lowercase();
     assert!(
-        any_of
-            .iter()
-            .any(|word| message.contains(&word.to_lowercase())),
+        any_of.iter().any(|word| message.contains(&word.to_lowercase())),
         "{what}: the message mentions none of {any_of:?}"
     );
     // Secrets are never printed; a slice of the key catches altered keys too.
@@ -642,10 +611,7 @@ impl Backend {
             Backend::Azurite(az) => {
                 let yaml = format!("{}{}", cache.yaml(), az.azstorage_yaml(azure::ACCOUNT_KEY));
                 let (config_dir, config_file) = write_config(&yaml);
-                Mount::new(
-                    vec!["--config-file".into(), config_file.into()],
-                    Some(config_dir),
-                )
+                Mount::new(vec!["--config-file".into(), config_file.into()], Some(config_dir))
             }
         }
     }
@@ -708,8 +674,7 @@ pub fn write_random_file(path: &Path, size: u64, rng: &mut Rng) {
     let mut left = size;
     while left > 0 {
         let chunk = left.min(MIB);
-        file.write_all(&rng.bytes(chunk as usize))
-            .expect("write a source file");
+        file.write_all(&rng.bytes(chunk as usize)).expect("write a source file");
         left -= chunk;
     }
     file.flush().expect("flush a source file");
@@ -743,8 +708,7 @@ pub fn tree(root: &Path) -> BTreeMap<String, Entry> {
     let mut entries = BTreeMap::new();
     for line in listing.lines() {
         let mut parts = line.splitn(3, ' ');
-        let (Some(kind), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(kind), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             panic!("unexpected find output: {line:?}");
         };
         let entry = match kind {
@@ -773,9 +737,9 @@ pub fn assert_same_tree(expected: &Path, actual: &Path, context: &str) {
     for (path, entry) in &want {
         match got.get(path) {
             None => report.push_str(&format!("  missing: {path} ({entry:?})\n")),
-            Some(other) if other != entry => report.push_str(&format!(
-                "  differs: {path}: want {entry:?}, got {other:?}\n"
-            )),
+            Some(other) if other != entry => {
+                report.push_str(&format!("  differs: {path}: want {entry:?}, got {other:?}\n"))
+            }
             Some(_) => {}
         }
     }

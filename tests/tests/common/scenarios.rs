@@ -48,10 +48,7 @@ pub fn copy_tree_and_remount(backend: &Backend) {
 /// copy and to the mount; both trees must end up identical, and stay so
 /// after a remount.
 pub fn namespace_and_data_operations(backend: &Backend) {
-    let _dog = watchdog(
-        "namespace_and_data_operations",
-        Duration::from_secs(10 * 60),
-    );
+    let _dog = watchdog("namespace_and_data_operations", Duration::from_secs(10 * 60));
     let cache = CacheConfig::SMALL;
     let scratch = scratch_dir("ops-");
     let src = scratch.path().join("src");
@@ -101,10 +98,7 @@ pub fn namespace_and_data_operations(backend: &Backend) {
     let mut mount = backend.mount(&cache);
     for (step, script) in [("create", create), ("modify", modify)] {
         for root in [reference.as_path(), mount.path()] {
-            sh(
-                script,
-                &[("ROOT", root.as_os_str()), ("SRC", src.as_os_str())],
-            );
+            sh(script, &[("ROOT", root.as_os_str()), ("SRC", src.as_os_str())]);
         }
         assert_same_tree(
             &reference.join("work"),
@@ -114,21 +108,9 @@ pub fn namespace_and_data_operations(backend: &Backend) {
     }
 
     let listed = ls_sizes(&mount.path().join("work"));
-    assert_eq!(
-        listed,
-        ls_sizes(&reference.join("work")),
-        "`ls -l` through the mount"
-    );
-    assert_eq!(
-        listed.get("shrink"),
-        Some(&1000),
-        "size after truncate -s 1000"
-    );
-    assert_eq!(
-        listed.get("grow"),
-        Some(&(3 * MIB + 7)),
-        "size after truncate -s grow"
-    );
+    assert_eq!(listed, ls_sizes(&reference.join("work")), "`ls -l` through the mount");
+    assert_eq!(listed.get("shrink"), Some(&1000), "size after truncate -s 1000");
+    assert_eq!(listed.get("grow"), Some(&(3 * MIB + 7)), "size after truncate -s grow");
     let grown_part_is_zero = r#"
         cmp <(tail -c +$((200 * 1024 + 1)) "$MNT/work/grow") \
             <(head -c $((3 * 1048576 + 7 - 200 * 1024)) /dev/zero)
@@ -156,17 +138,10 @@ pub fn eviction_under_pressure(backend: &Backend) {
     let env = [("SRC", src.as_os_str()), ("MNT", mount.path().as_os_str())];
     sh(r#"cp "$SRC/large" "$MNT/large""#, &env);
     assert_same_tree(&src, mount.path(), &format!("{}: written", backend.name()));
-    report_peak_rss(
-        &mount,
-        "after writing and reading 100 MiB with mem-size-mb 8",
-    );
+    report_peak_rss(&mount, "after writing and reading 100 MiB with mem-size-mb 8");
 
     mount.remount();
-    assert_same_tree(
-        &src,
-        mount.path(),
-        &format!("{}: remounted", backend.name()),
-    );
+    assert_same_tree(&src, mount.path(), &format!("{}: remounted", backend.name()));
     report_peak_rss(&mount, "after reading 100 MiB with mem-size-mb 8");
 }
 
