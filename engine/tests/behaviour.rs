@@ -4,10 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![allow(clippy::arithmetic_side_effects, clippy::unreachable)]
 
-mod common;
-
 use blobcache_engine::*;
-use common::{pattern, Harness};
+use blobcache_testkit::{pattern, Harness};
 
 const BS: u64 = 100;
 

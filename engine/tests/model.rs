@@ -6,10 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 #![allow(clippy::arithmetic_side_effects, clippy::unreachable)]
 
-mod common;
-
 use blobcache_engine::*;
-use common::Harness;
+use blobcache_testkit::Harness;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 

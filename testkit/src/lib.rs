@@ -3,8 +3,6 @@
 //! effects, checks its invariants after every step, and lets tests choose
 //! when I/O completes or fails.
 
-#![allow(dead_code)]
-
 use blobcache_engine::*;
 use std::collections::{BTreeMap, VecDeque};
 
