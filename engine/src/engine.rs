@@ -1747,13 +1747,13 @@ impl Engine {
         // A global budget: prefetch may hold at most half the pool.
         let budget = self.config.pool_buffers.checked_div(2).unwrap_or(0);
         let current_block = div(end.saturating_sub(1), block_size)?;
+        let mut prefetched = self
+            .files
+            .values()
+            .flat_map(|f| f.blocks.values())
+            .filter(|b| b.prefetched)
+            .count();
         for step in 1..=u64::from(window) {
-            let prefetched = self
-                .files
-                .values()
-                .flat_map(|f| f.blocks.values())
-                .filter(|b| b.prefetched)
-                .count();
             if prefetched >= budget {
                 break;
             }
@@ -1768,8 +1768,13 @@ impl Engine {
                 continue;
             }
             let Some(buffer) = self.take_buffer(true) else {
+                // Memory is short: read ahead less until buffers free up.
+                if let Some(state) = self.handles.get_mut(&handle) {
+                    state.window = state.window.checked_div(2).unwrap_or(0);
+                }
                 break;
             };
+            prefetched = prefetched.saturating_add(1);
             self.fetch_block(file_id, index, buffer, Priority::Prefetch)?;
         }
         Ok(())

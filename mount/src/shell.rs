@@ -903,7 +903,8 @@ impl BlobFs {
         Ok(())
     }
 
-    /// Every blob name under a directory, markers included, depth first.
+    /// Every name under a directory that may be a blob: files, markers, and
+    /// sub-prefixes (which some backends list only as prefixes).
     async fn collect_tree(&self, path: &str) -> FsResult<Vec<String>> {
         let store = &self.inner.store;
         let mut names = Vec::new();
@@ -920,6 +921,9 @@ impl BlobFs {
                 names.push(blob.name);
             }
             for sub in listing.prefixes {
+                // A directory may be a marker blob that some backends list
+                // only as a prefix; the caller checks which names exist.
+                names.push(sub.trim_end_matches('/').to_string());
                 if !pending.contains(&sub) {
                     pending.push(sub);
                 }
@@ -976,15 +980,15 @@ impl BlobFs {
                 continue;
             };
             let target = format!("{to_prefix}{rest}");
-            let is_marker = matches!(
-                self.with_retries(|| store.get_properties(&name)).await,
-                Ok(properties) if properties.is_dir_marker
-            );
-            if is_marker {
-                self.put_marker(&target).await?;
-                old_markers.push(name);
-            } else {
-                self.rename_file(&name, &target).await?;
+            match self.with_retries(|| store.get_properties(&name)).await {
+                Ok(properties) if properties.is_dir_marker => {
+                    self.put_marker(&target).await?;
+                    old_markers.push(name);
+                }
+                Ok(_) => self.rename_file(&name, &target).await?,
+                // A directory that exists only as a prefix of other names.
+                Err(StorageError::NotFound(_)) => {}
+                Err(error) => return Err(storage_error(&name, error)),
             }
         }
         old_markers.sort_by_key(|name| std::cmp::Reverse(name.len()));
