@@ -81,6 +81,9 @@ pub struct MountArgs {
     /// off, error, warn, info, debug, trace, or a tracing filter directive.
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Create the Azure container if it does not exist (handy with Azurite).
+    #[arg(long)]
+    pub create_container: bool,
     /// Set by the launcher on the background child.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
@@ -98,6 +101,7 @@ impl MountArgs {
             nonempty: self.nonempty,
             foreground: self.foreground,
             log_level: self.log_level.clone(),
+            create_container: self.create_container,
         }
     }
 }
@@ -405,6 +409,9 @@ fn launch_background(args: &MountArgs, mountpoint: &Path) -> Result<(), CliError
     }
     if args.allow_other {
         command.arg("--allow-other");
+    }
+    if args.create_container {
+        command.arg("--create-container");
     }
     if args.nonempty {
         command.arg("--nonempty");
@@ -715,7 +722,7 @@ mod foreground {
     const SESSION_END_TIMEOUT: Duration = Duration::from_secs(30);
     const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
-    async fn open_store(backend: Backend) -> Result<Arc<dyn BlobStore>, CliError> {
+    async fn open_store(backend: Backend, create_container: bool) -> Result<Arc<dyn BlobStore>, CliError> {
         let store: Arc<dyn BlobStore> = match backend {
             Backend::Local { path } => {
                 let what = format!("local directory {}", path.display());
@@ -726,8 +733,22 @@ mod foreground {
             #[cfg(feature = "azure")]
             Backend::Azure(settings) => {
                 let what = format!("Azure container {}/{}", settings.account, settings.container);
-                let store = crate::storage::azure::AzureStore::new(settings)
-                    .map_err(|source| CliError::Storage { what, source })?;
+                let store = crate::storage::azure::AzureStore::new(settings).map_err(|source| CliError::Storage {
+                    what: what.clone(),
+                    source,
+                })?;
+                if create_container {
+                    match tokio::time::timeout(CHECK_ACCESS_TIMEOUT, store.create_container()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(source)) => return Err(CliError::Storage { what, source }),
+                        Err(_) => {
+                            return Err(CliError::StorageTimeout {
+                                what,
+                                timeout: CHECK_ACCESS_TIMEOUT,
+                            })
+                        }
+                    }
+                }
                 Arc::new(store)
             }
         };
@@ -772,7 +793,7 @@ mod foreground {
             worker_threads: FUSE_WORKER_THREADS,
         };
         tracing::info!(config = ?resolved, "starting");
-        let store = runtime.block_on(open_store(resolved.backend))?;
+        let store = runtime.block_on(open_store(resolved.backend, resolved.create_container))?;
         let description = store.describe();
         let fs = BlobFs::new(store, resolved.cache).map_err(|e| CliError::Storage {
             what: description.clone(),

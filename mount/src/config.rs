@@ -206,6 +206,7 @@ pub struct Overrides {
     pub nonempty: bool,
     pub foreground: bool,
     pub log_level: Option<String>,
+    pub create_container: bool,
 }
 
 /// Where a value came from, for error messages.
@@ -293,6 +294,8 @@ pub struct ResolvedConfig {
     pub allow_other: bool,
     /// Mount over a directory that is not empty.
     pub nonempty: bool,
+    /// Create the Azure container if it does not exist yet.
+    pub create_container: bool,
     pub read_only: bool,
     pub foreground: bool,
     /// How long the kernel trusts attributes (`attribute-expiration-sec`).
@@ -507,6 +510,7 @@ pub fn resolve(
         cache,
         allow_other: overrides.allow_other || file.allow_other.unwrap_or(false),
         nonempty: overrides.nonempty || file.nonempty.unwrap_or(false),
+        create_container: overrides.create_container,
         read_only: file.read_only.unwrap_or(false),
         foreground: overrides.foreground || file.foreground.unwrap_or(false),
         attribute_timeout,
