@@ -108,7 +108,7 @@ enum Priority {
 #[derive(Debug)]
 enum IoPurpose {
     Load,
-    Fetch { block: u64 },
+    Fetch { block: u64, len: usize },
     Stage { block: u64, id: BlockId },
     Commit { block_ids: Vec<BlockId>, size: u64 },
 }
@@ -558,7 +558,10 @@ impl Engine {
         let mut victim: Option<(bool, u64, FileId, u64)> = None;
         for (&file_id, file) in &self.files {
             for (&index, block) in &file.blocks {
-                let evictable = matches!(block.state, BlockState::Ready(_)) && !block.dirty && block.pins == 0;
+                // Dirty data of a file with a sticky error can never be
+                // saved; it must not hold buffers others need.
+                let discardable = !block.dirty || file.error.is_some();
+                let evictable = matches!(block.state, BlockState::Ready(_)) && discardable && block.pins == 0;
                 if !evictable || (for_prefetch && block.prefetched) {
                     continue;
                 }
@@ -703,7 +706,7 @@ impl Engine {
                 etag,
                 buffer,
             },
-            IoPurpose::Fetch { block: index },
+            IoPurpose::Fetch { block: index, len },
             priority,
         );
         let last_use = self.touch();
@@ -737,6 +740,10 @@ impl Engine {
             .files
             .get_mut(&file_id)
             .ok_or_else(|| internal("commit of an unknown file"))?;
+        if let Some(error) = &file.error {
+            // A file with a sticky error is never committed again.
+            return Err(error.clone());
+        }
         if file.commit == CommitPhase::Idle {
             file.commit = CommitPhase::Staging;
             file.commits_started = file.commits_started.saturating_add(1);
@@ -915,7 +922,7 @@ impl Engine {
             return;
         };
         let (file_id, index) = match task.purpose {
-            IoPurpose::Fetch { block } => (task.file, block),
+            IoPurpose::Fetch { block, .. } => (task.file, block),
             _ => return,
         };
         let is_unpinned_prefetch = self
@@ -1060,27 +1067,39 @@ impl Engine {
         let IoCompletion { id, buffer, result } = completion;
         let Some(task) = self.ios.remove(&id) else {
             // Unknown id: never issued by this engine, or already completed.
-            if let Some(buffer) = buffer {
-                self.free_buffers.push(buffer);
-            }
+            // Its buffer is not one of ours and is not adopted.
             return Ok(());
         };
+        // A buffer that comes back with the wrong size counts as lost.
+        let block_size = self.config.block_size;
+        let buffer = buffer.filter(|b| to_u64(b.len()).ok() == Some(block_size));
         if task.issued {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
         let file_id = task.file;
+        // A completion of the wrong kind, or claiming more bytes than asked
+        // for, is a driver bug: it fails like any I/O error would.
+        let result = match (&task.purpose, result) {
+            (IoPurpose::Load, Ok(done @ IoDone::Loaded(_))) => Ok(done),
+            (IoPurpose::Fetch { len, .. }, Ok(IoDone::Fetched { bytes })) if bytes <= *len => {
+                Ok(IoDone::Fetched { bytes })
+            }
+            (IoPurpose::Stage { .. }, Ok(IoDone::Staged)) => Ok(IoDone::Staged),
+            (IoPurpose::Commit { .. }, Ok(done @ IoDone::Committed { .. })) => Ok(done),
+            (_, Ok(other)) => Err(IoError {
+                kind: IoErrorKind::Failed,
+                message: format!("inconsistent completion of I/O {id}: {other:?}"),
+            }),
+            (_, Err(error)) => Err(error),
+        };
         match task.purpose {
             IoPurpose::Load => self.on_loaded(file_id, id, result),
-            IoPurpose::Fetch { block } => self.on_fetched(file_id, block, id, task.detached, buffer, result),
+            IoPurpose::Fetch { block, .. } => self.on_fetched(file_id, block, id, task.detached, buffer, result),
             IoPurpose::Stage { block, id: block_id } => {
                 self.on_staged(file_id, block, id, task.detached, block_id, buffer, result)
             }
-            IoPurpose::Commit { block_ids, size } => {
-                if let Some(buffer) = buffer {
-                    self.free_buffers.push(buffer);
-                }
-                self.on_committed(file_id, id, block_ids, size, result)
-            }
+            // Commands without a buffer: anything given back is not ours.
+            IoPurpose::Commit { block_ids, size } => self.on_committed(file_id, id, block_ids, size, result),
         }
     }
 
@@ -1688,6 +1707,10 @@ impl Engine {
                     return Ok(Step::WaitIo);
                 }
                 None => {
+                    if let (true, Some(error)) = (file.changed, &file.error) {
+                        // What was written here may have been dropped.
+                        return Err(error.clone());
+                    }
                     if block_start >= file.remote_len {
                         // A hole, or past what storage holds: zeros, no I/O.
                         let zeros = take_end.checked_sub(within).ok_or_else(|| internal("read range"))?;
