@@ -674,6 +674,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a commit of the file is in flight: its version is about to
+    /// change, so a fetch now could name the version being replaced.
+    fn committing(&self, file_id: FileId) -> bool {
+        self.files
+            .get(&file_id)
+            .is_some_and(|f| matches!(f.commit, CommitPhase::Committing(_)))
+    }
+
     /// Starts loading block `index` into `buffer` from the committed version.
     fn fetch_block(
         &mut self,
@@ -1717,6 +1725,9 @@ impl Engine {
                         let filled = out.len().checked_add(zeros).ok_or_else(|| internal("read size"))?;
                         out.resize(filled, 0);
                         continue;
+                    }
+                    if self.committing(file_id) {
+                        return Ok(Step::WaitIo);
                     }
                     let Some(buffer) = self.take_buffer(false) else {
                         self.start_write_back()?;

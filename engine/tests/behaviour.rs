@@ -348,3 +348,31 @@ fn shutdown_commits_dirty_files_and_leaves_nothing_behind() {
         (0, 0, 0)
     );
 }
+
+/// Found by the model test: a read that misses while the file's own commit
+/// is in flight must not fetch from the version being replaced.
+#[test]
+fn read_during_own_commit_never_fetches_the_replaced_version() {
+    let mut h = Harness::new(BS, 2);
+    let f = h.open("a", true, true);
+    h.write(f, 0, &pattern(500, 3));
+    h.flush(f).unwrap();
+    // Evict everything, then change one block and start a commit.
+    h.write(f, 250, b"x");
+    let flush = h.submit(Request::Flush { handle: f });
+    while !matches!(h.pending.back().map(|c| &c.kind), Some(IoKind::Commit { .. })) {
+        assert!(h.complete_one());
+    }
+    let read = h.submit(Request::Read {
+        handle: f,
+        offset: 0,
+        len: 100,
+    });
+    h.run_io();
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Done)));
+    assert_eq!(
+        h.replies.remove(&read),
+        Some(Ok(Reply::Data(pattern(500, 3)[..100].to_vec())))
+    );
+    h.release(f);
+}
