@@ -86,6 +86,13 @@ struct File {
     validated_at: Option<Millis>,
     /// In-flight or queued stages started ahead of a commit.
     background_stages: u32,
+    /// Storage no longer has the version the cache is valid for, and the
+    /// file has no changes of its own: load the current version before reading.
+    reload: bool,
+    /// The blob was deleted by someone else while open.
+    gone: bool,
+    /// Counts adoptions of a new version, so that a read never mixes two.
+    generation: u64,
 }
 
 #[derive(Debug)]
@@ -134,6 +141,8 @@ enum OpKind {
         offset: u64,
         end: u64,
         out: Vec<u8>,
+        /// The file's generation when the bytes in `out` were read.
+        generation: Option<u64>,
     },
     Write {
         handle: HandleId,
@@ -308,6 +317,7 @@ impl Engine {
                     offset,
                     end,
                     out: Vec::new(),
+                    generation: None,
                 }
             }
             Request::Write {
@@ -1053,6 +1063,40 @@ impl Engine {
         }
     }
 
+    /// Forgets every cached block of a file: buffers go back to the pool,
+    /// I/O carrying its blocks is let go, and requests pinning them stop.
+    fn drop_blocks(&mut self, file_id: FileId) {
+        let Some(file) = self.files.get_mut(&file_id) else {
+            return;
+        };
+        let blocks = std::mem::take(&mut file.blocks);
+        for (_, block) in blocks {
+            match block.state {
+                BlockState::Ready(buffer) => self.free_buffers.push(buffer),
+                BlockState::Loading(io) | BlockState::Uploading(io) => {
+                    if let Some(task) = self.ios.get_mut(&io) {
+                        task.detached = true;
+                    }
+                }
+                BlockState::Staged => {}
+            }
+        }
+        for op in self.ops.iter_mut() {
+            if op.pinned.is_some_and(|(f, _)| f == file_id) {
+                op.pinned = None;
+            }
+        }
+    }
+
+    /// Requests pinning a block that is gone hold no pin any more.
+    fn clear_pins(&mut self, file_id: FileId, index: u64) {
+        for op in self.ops.iter_mut() {
+            if op.pinned == Some((file_id, index)) {
+                op.pinned = None;
+            }
+        }
+    }
+
     fn fail_everything(&mut self, error: &EngineError) {
         let message = format!("the cache met an inconsistency and failed the request: {error}");
         for op in std::mem::take(&mut self.ops) {
@@ -1124,25 +1168,17 @@ impl Engine {
         match result {
             Ok(IoDone::Loaded(Some(version))) => {
                 let same = file.etag.as_deref() == Some(version.etag.as_str());
-                let busy = file.handles > 0 || file.changed || file.commit != CommitPhase::Idle;
-                if busy && !same && file.etag.is_some() {
-                    // Our own open handles define the content until closed.
+                file.reload = false;
+                let has_changes = file.changed || file.commit != CommitPhase::Idle;
+                if has_changes && !same && file.etag.is_some() {
+                    // Changes of our own define the content until committed;
+                    // their commit is conditional and will fail if it must.
                     file.validated_at = Some(now);
                     return Ok(());
                 }
                 if !same {
-                    let stale: Vec<Block> = std::mem::take(&mut file.blocks).into_values().collect();
-                    for block in stale {
-                        match block.state {
-                            BlockState::Ready(buffer) => self.free_buffers.push(buffer),
-                            BlockState::Loading(io) | BlockState::Uploading(io) => {
-                                if let Some(task) = self.ios.get_mut(&io) {
-                                    task.detached = true;
-                                }
-                            }
-                            BlockState::Staged => {}
-                        }
-                    }
+                    file.generation = file.generation.saturating_add(1);
+                    self.drop_blocks(file_id);
                 }
                 let file = self
                     .files
@@ -1166,13 +1202,17 @@ impl Engine {
             }
             Ok(IoDone::Loaded(None)) => {
                 file.validated_at = Some(now);
-                if file.handles == 0 && !file.changed {
+                file.reload = false;
+                if !file.changed && file.commit == CommitPhase::Idle && file.etag.is_some() {
+                    // Deleted by someone else: open handles can no longer read it.
+                    file.gone = file.handles > 0;
                     file.etag = None;
                     file.size = 0;
                     file.committed_size = 0;
                     file.remote_len = 0;
                     file.layout = Layout::Unknown;
-                    file.blocks.clear();
+                    file.generation = file.generation.saturating_add(1);
+                    self.drop_blocks(file_id);
                 }
             }
             Ok(other) => return Err(internal(format!("load completed with {other:?}"))),
@@ -1242,10 +1282,21 @@ impl Engine {
             Err(error) => {
                 let path = file.path.clone().unwrap_or_default();
                 let pinned = file.blocks.remove(&index).is_some_and(|b| b.pins > 0);
-                if error.kind == IoErrorKind::PreconditionFailed {
-                    file.validated_at = None;
-                }
                 self.free_buffers.push(buffer);
+                let file = self
+                    .files
+                    .get_mut(&file_id)
+                    .ok_or_else(|| internal("fetch of an unknown file"))?;
+                if matches!(error.kind, IoErrorKind::PreconditionFailed | IoErrorKind::NotFound) {
+                    file.validated_at = None;
+                    if !file.changed && file.commit == CommitPhase::Idle {
+                        // Someone else replaced the blob: load the new version
+                        // and let the readers start over with it.
+                        file.reload = true;
+                        self.clear_pins(file_id, index);
+                        return Ok(());
+                    }
+                }
                 if pinned {
                     // Fail exactly the requests that needed this block; the
                     // block can be fetched again later.
@@ -1574,6 +1625,9 @@ impl Engine {
                         loading: None,
                         validated_at: None,
                         background_stages: 0,
+                        reload: false,
+                        gone: false,
+                        generation: 0,
                     },
                 );
                 self.paths.insert(path.to_string(), id);
@@ -1657,17 +1711,53 @@ impl Engine {
     }
 
     fn step_read(&mut self, op: &mut Op) -> Result<Step, EngineError> {
+        let handle = match &op.kind {
+            OpKind::Read { handle, .. } => *handle,
+            _ => return Err(internal("not a read")),
+        };
+        let file_id = self.handles.get(&handle).ok_or(EngineError::BadHandle(handle.0))?.file;
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("handle of an unknown file"))?;
+        if file.gone {
+            return Err(EngineError::Stale(file.path.clone().unwrap_or_default()));
+        }
+        if file.reload {
+            if file.loading.is_none() {
+                let path = file
+                    .path
+                    .clone()
+                    .ok_or_else(|| internal("reload of an unlinked file"))?;
+                let io = self.queue_io(
+                    file_id,
+                    path,
+                    IoKind::Load { with_blocks: true },
+                    IoPurpose::Load,
+                    Priority::Demand,
+                );
+                let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
+                file.loading = Some(io);
+            }
+            return Ok(Step::WaitIo);
+        }
+        let current_generation = file.generation;
         let OpKind::Read {
-            handle,
             offset,
             end,
             out,
+            generation,
+            ..
         } = &mut op.kind
         else {
             return Err(internal("not a read"));
         };
-        let handle = *handle;
-        let file_id = self.handles.get(&handle).ok_or(EngineError::BadHandle(handle.0))?.file;
+        if generation.is_some_and(|g| g != current_generation) {
+            // The file moved to a new version: start over, so that one read
+            // returns bytes of one version only.
+            out.clear();
+        }
+        *generation = Some(current_generation);
         let block_size = self.config.block_size;
         loop {
             let file = self

@@ -376,3 +376,35 @@ fn read_during_own_commit_never_fetches_the_replaced_version() {
     );
     h.release(f);
 }
+
+#[test]
+fn blob_replaced_while_open_is_reloaded_not_mixed() {
+    let mut h = Harness::new(BS, 1);
+    h.store.put_blob("o", pattern(300, 1));
+    let f = h.open("o", false, false);
+    assert_eq!(h.read(f, 0, 50), pattern(300, 1)[..50].to_vec());
+    // Another client replaces the blob; the next miss sees the change and
+    // the read is served whole from the new version.
+    h.store.put_blob("o", pattern(400, 2));
+    assert_eq!(h.read(f, 150, 200), pattern(400, 2)[150..350].to_vec());
+    h.release(f);
+}
+
+#[test]
+fn blob_deleted_while_open_reads_as_stale() {
+    let mut h = Harness::new(BS, 1);
+    h.store.put_blob("d", pattern(300, 1));
+    let f = h.open("d", false, false);
+    assert_eq!(h.read(f, 0, 10), pattern(300, 1)[..10].to_vec());
+    h.store.blobs.remove("d");
+    assert!(matches!(
+        h.call(Request::Read {
+            handle: f,
+            offset: 200,
+            len: 10
+        }),
+        Err(EngineError::Stale(_))
+    ));
+    h.release(f);
+    assert_eq!(h.engine.occupancy().pins, 0);
+}
