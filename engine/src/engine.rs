@@ -37,6 +37,10 @@ struct Block {
     last_use: u64,
     /// Loaded ahead of a reader and not read yet.
     prefetched: bool,
+    /// Only this range of the block (block-relative, `[start, end)`) is in
+    /// the buffer, stored from the buffer's first byte: a random reader's
+    /// miss fetches what it needs, not the whole block. `None`: all of it.
+    partial: Option<(usize, usize)>,
 }
 
 /// The committed block list of the version the cache is valid for.
@@ -115,9 +119,19 @@ enum Priority {
 #[derive(Debug)]
 enum IoPurpose {
     Load,
-    Fetch { block: u64, len: usize },
-    Stage { block: u64, id: BlockId },
-    Commit { block_ids: Vec<BlockId>, size: u64 },
+    Fetch {
+        block: u64,
+        len: usize,
+        partial: Option<(usize, usize)>,
+    },
+    Stage {
+        block: u64,
+        id: BlockId,
+    },
+    Commit {
+        block_ids: Vec<BlockId>,
+        size: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -234,6 +248,9 @@ pub struct Engine {
 fn internal(what: impl Into<String>) -> EngineError {
     EngineError::Internal(what.into())
 }
+
+/// Alignment of the range a random reader's miss fetches.
+const PARTIAL_FETCH_ALIGN: usize = 4096;
 
 /// Most in-flight write-back stages of one file before a writer must wait.
 fn max_background_stages(config: &EngineConfig) -> u32 {
@@ -602,6 +619,7 @@ impl Engine {
                     pins: 0,
                     last_use: block.last_use,
                     prefetched: false,
+                    partial: None,
                 },
             );
         }
@@ -692,12 +710,14 @@ impl Engine {
             .is_some_and(|f| matches!(f.commit, CommitPhase::Committing(_)))
     }
 
-    /// Starts loading block `index` into `buffer` from the committed version.
+    /// Starts loading block `index` into `buffer` from the committed version:
+    /// all of it, or only `range` (block-relative) for a random reader.
     fn fetch_block(
         &mut self,
         file_id: FileId,
         index: u64,
         buffer: Vec<u8>,
+        range: Option<(usize, usize)>,
         priority: Priority,
     ) -> Result<(), EngineError> {
         let file = self
@@ -712,9 +732,14 @@ impl Engine {
             .etag
             .clone()
             .ok_or_else(|| internal("fetch for a file not in storage"))?;
-        let start = mul(index, self.config.block_size)?;
-        let end = add(start, self.block_len(file.size, index)?)?.min(file.remote_len);
-        let len = to_usize(sub(end, start)?)?;
+        let block_start = mul(index, self.config.block_size)?;
+        let (from, to) = match range {
+            Some((from, to)) => (to_u64(from)?, to_u64(to)?),
+            None => (0, self.block_len(file.size, index)?),
+        };
+        let start = add(block_start, from)?;
+        let end = add(block_start, to)?.min(file.remote_len);
+        let len = to_usize(end.saturating_sub(start))?;
         let io = self.queue_io(
             file_id,
             path,
@@ -724,7 +749,11 @@ impl Engine {
                 etag,
                 buffer,
             },
-            IoPurpose::Fetch { block: index, len },
+            IoPurpose::Fetch {
+                block: index,
+                len,
+                partial: range,
+            },
             priority,
         );
         let last_use = self.touch();
@@ -741,6 +770,7 @@ impl Engine {
                 pins: 0,
                 last_use,
                 prefetched: priority == Priority::Prefetch,
+                partial: range,
             },
         );
         if priority == Priority::Prefetch {
@@ -791,6 +821,7 @@ impl Engine {
         let mut ids = Vec::new();
         let mut to_stage = Vec::new();
         let mut to_fetch = Vec::new();
+        let mut to_refetch = Vec::new();
         let mut complete = true;
         for index in 0..count {
             let len = self.block_len(file.size, index)?;
@@ -806,6 +837,10 @@ impl Engine {
                             ids.push(id.clone());
                         } else if let (false, Some(id)) = (block.dirty, self.committed_id(file, index, len)?) {
                             ids.push(id);
+                        } else if block.partial.is_some() {
+                            // Staging needs the whole block.
+                            complete = false;
+                            to_refetch.push(index);
                         } else {
                             complete = false;
                             if block.pins == 0 {
@@ -853,6 +888,9 @@ impl Engine {
         for index in to_stage {
             self.stage_block(file_id, index, Priority::Demand)?;
         }
+        for index in to_refetch {
+            self.refetch(file_id, index, None)?;
+        }
         for index in to_fetch {
             let Some(mut buffer) = self.take_buffer(false) else {
                 self.start_write_back()?;
@@ -881,11 +919,12 @@ impl Engine {
                         pins: 0,
                         last_use,
                         prefetched: false,
+                        partial: None,
                     },
                 );
                 self.stage_block(file_id, index, Priority::Demand)?;
             } else {
-                self.fetch_block(file_id, index, buffer, Priority::Demand)?;
+                self.fetch_block(file_id, index, buffer, None, Priority::Demand)?;
             }
         }
         Ok(())
@@ -1146,7 +1185,9 @@ impl Engine {
         };
         match task.purpose {
             IoPurpose::Load => self.on_loaded(file_id, id, result),
-            IoPurpose::Fetch { block, .. } => self.on_fetched(file_id, block, id, task.detached, buffer, result),
+            IoPurpose::Fetch { block, partial, .. } => {
+                self.on_fetched(file_id, block, partial, id, task.detached, buffer, result)
+            }
             IoPurpose::Stage { block, id: block_id } => {
                 self.on_staged(file_id, block, id, task.detached, block_id, buffer, result)
             }
@@ -1223,10 +1264,12 @@ impl Engine {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_fetched(
         &mut self,
         file_id: FileId,
         index: u64,
+        partial: Option<(usize, usize)>,
         io: IoId,
         detached: bool,
         buffer: Option<Vec<u8>>,
@@ -1243,12 +1286,10 @@ impl Engine {
             self.buffers_allocated = self.buffers_allocated.saturating_sub(1);
             if current {
                 if let Some(file) = self.files.get_mut(&file_id) {
-                    if let Some(block) = file.blocks.remove(&index) {
-                        if block.pins > 0 {
-                            file.error.get_or_insert(internal("a fetch lost its buffer"));
-                        }
-                    }
+                    file.blocks.remove(&index);
                 }
+                // The waiting requests find the block gone and fetch it again.
+                self.clear_pins(file_id, index);
             }
             return Ok(());
         };
@@ -1262,8 +1303,12 @@ impl Engine {
             .ok_or_else(|| internal("fetch of an unknown file"))?;
         match result {
             Ok(IoDone::Fetched { bytes }) => {
-                let block_len = to_usize(self.block_len_of(file_id, index)?)?;
-                zero(&mut buffer, bytes.min(block_len), block_len)?;
+                // Past what storage returned, the content is zeros.
+                let filled = match partial {
+                    Some((from, to)) => to.saturating_sub(from),
+                    None => to_usize(self.block_len_of(file_id, index)?)?,
+                };
+                zero(&mut buffer, bytes.min(filled), filled)?;
                 self.stats.bytes_fetched = self.stats.bytes_fetched.saturating_add(to_u64(bytes)?);
                 let file = self
                     .files
@@ -1774,9 +1819,25 @@ impl Engine {
             let within = to_usize(sub(position, block_start)?)?;
             let block_len = self.block_len(file.size, index)?;
             let take_end = to_usize(sub(end_now.min(add(block_start, block_len)?), block_start)?)?;
+            let partial = file.blocks.get(&index).and_then(|b| b.partial);
+            let covered = partial.is_none_or(|(from, to)| from <= within && take_end <= to);
             match file.blocks.get(&index).map(|b| &b.state) {
+                Some(BlockState::Ready(_)) if !covered => {
+                    // The buffer holds another part of this block.
+                    let range = self.miss_range(handle, position, within, take_end, block_len)?;
+                    self.refetch(file_id, index, range)?;
+                    if op.pinned.is_none() {
+                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
+                            block.pins = block.pins.saturating_add(1);
+                        }
+                        op.pinned = Some((file_id, index));
+                    }
+                    return Ok(Step::WaitIo);
+                }
                 Some(BlockState::Ready(buffer)) => {
-                    out.extend_from_slice(slice(buffer, within, take_end)?);
+                    let shift = partial.map_or(0, |(from, _)| from);
+                    let (from, to) = (within.saturating_sub(shift), take_end.saturating_sub(shift));
+                    out.extend_from_slice(slice(buffer, from, to)?);
                     let last_use = self.touch();
                     let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
                     if let Some(block) = file.blocks.get_mut(&index) {
@@ -1819,12 +1880,22 @@ impl Engine {
                     if self.committing(file_id) {
                         return Ok(Step::WaitIo);
                     }
+                    let range = self.miss_range(handle, position, within, take_end, block_len)?;
+                    if let Some((from, _)) = range {
+                        if add(block_start, to_u64(from)?)? >= file.remote_len {
+                            // Everything asked for lies past what storage holds.
+                            let zeros = take_end.checked_sub(within).ok_or_else(|| internal("read range"))?;
+                            let filled = out.len().checked_add(zeros).ok_or_else(|| internal("read size"))?;
+                            out.resize(filled, 0);
+                            continue;
+                        }
+                    }
                     let Some(buffer) = self.take_buffer(false) else {
                         self.start_write_back()?;
                         return Ok(Step::WaitBuffer);
                     };
                     op.deadline = None;
-                    self.fetch_block(file_id, index, buffer, Priority::Demand)?;
+                    self.fetch_block(file_id, index, buffer, range, Priority::Demand)?;
                     if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                         block.pins = block.pins.saturating_add(1);
                     }
@@ -1840,6 +1911,50 @@ impl Engine {
         let read_end = add(*offset, to_u64(data.len())?)?;
         self.after_read(handle, *offset, read_end)?;
         Ok(Step::Done(Ok(Reply::Data(data))))
+    }
+
+    /// What a read miss fetches: the whole block for a sequential reader,
+    /// only the 4 KiB-aligned range asked for (block-relative) for a random one.
+    fn miss_range(
+        &self,
+        handle: HandleId,
+        position: u64,
+        within: usize,
+        take_end: usize,
+        block_len: u64,
+    ) -> Result<Option<(usize, usize)>, EngineError> {
+        let sequential = self.handles.get(&handle).is_none_or(|state| {
+            state.window > 0
+                || state.last_read_end == Some(position)
+                || (state.last_read_end.is_none() && position == 0)
+        });
+        if sequential {
+            return Ok(None);
+        }
+        // Small blocks (in tests) get a proportionally small alignment.
+        let align = to_usize(self.config.block_size.checked_div(8).unwrap_or(1))?.clamp(1, PARTIAL_FETCH_ALIGN);
+        let from = within.checked_div(align).unwrap_or(0).saturating_mul(align);
+        let to = take_end.div_ceil(align).saturating_mul(align).min(to_usize(block_len)?);
+        if from == 0 && to == to_usize(block_len)? {
+            return Ok(None);
+        }
+        Ok(Some((from, to)))
+    }
+
+    /// Replaces a block that holds only part of its content by a fetch of
+    /// `range` (all of it when `None`) into the same buffer; pins stay.
+    fn refetch(&mut self, file_id: FileId, index: u64, range: Option<(usize, usize)>) -> Result<(), EngineError> {
+        let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.remove(&index)) else {
+            return Err(internal("refetch of a missing block"));
+        };
+        let BlockState::Ready(buffer) = block.state else {
+            return Err(internal("refetch of a block not in memory"));
+        };
+        self.fetch_block(file_id, index, buffer, range, Priority::Demand)?;
+        if let Some(entry) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
+            entry.pins = block.pins;
+        }
+        Ok(())
     }
 
     /// Sequential detection and read-ahead for one handle.
@@ -1899,7 +2014,7 @@ impl Engine {
                 break;
             };
             prefetched = prefetched.saturating_add(1);
-            self.fetch_block(file_id, index, buffer, Priority::Prefetch)?;
+            self.fetch_block(file_id, index, buffer, None, Priority::Prefetch)?;
         }
         Ok(())
     }
@@ -1959,6 +2074,17 @@ impl Engine {
             let current_len = self.block_len(file.size, index)?;
             let new_len = current_len.max(sub(chunk_end, block_start)?);
             match file.blocks.get(&index).map(|b| &b.state) {
+                Some(BlockState::Ready(_)) if file.blocks.get(&index).is_some_and(|b| b.partial.is_some()) => {
+                    // Writing needs the whole block in memory.
+                    self.refetch(file_id, index, None)?;
+                    if op.pinned.is_none() {
+                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
+                            block.pins = block.pins.saturating_add(1);
+                        }
+                        op.pinned = Some((file_id, index));
+                    }
+                    return Ok(Step::WaitIo);
+                }
                 Some(BlockState::Ready(_)) => {}
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
                     if op.pinned.is_none() {
@@ -1990,6 +2116,7 @@ impl Engine {
                             pins: 0,
                             last_use,
                             prefetched: false,
+                            partial: None,
                         },
                     );
                 }
@@ -2003,7 +2130,7 @@ impl Engine {
                     };
                     op.deadline = None;
                     if has_remote && !covers_remote {
-                        self.fetch_block(file_id, index, buffer, Priority::Demand)?;
+                        self.fetch_block(file_id, index, buffer, None, Priority::Demand)?;
                         if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
                             block.pins = block.pins.saturating_add(1);
                         }
@@ -2024,6 +2151,7 @@ impl Engine {
                             pins: 0,
                             last_use,
                             prefetched: false,
+                            partial: None,
                         },
                     );
                 }
@@ -2085,7 +2213,13 @@ impl Engine {
             if index >= self.block_count(file.size) {
                 continue;
             }
+            let partial = file.blocks.get(&index).is_some_and(|b| b.partial.is_some());
             match file.blocks.get(&index).map(|b| &b.state) {
+                Some(BlockState::Ready(_)) if partial => {
+                    // Its length changes: the whole content is needed.
+                    self.refetch(file_id, index, None)?;
+                    return Ok(Some(Step::WaitIo));
+                }
                 None | Some(BlockState::Ready(_)) => {}
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => return Ok(Some(Step::WaitIo)),
                 Some(BlockState::Staged) => {
@@ -2269,6 +2403,15 @@ impl Engine {
                                 "file {file_id}: block {index} is out of memory without a staged copy"
                             ));
                         }
+                    }
+                }
+                if let Some((from, to)) = block.partial {
+                    if from >= to || block.dirty || to_u64(to.saturating_sub(from)).ok() > Some(self.config.block_size)
+                    {
+                        return Err(format!(
+                            "file {file_id}: block {index} holds part {from}..{to} dirty={}",
+                            block.dirty
+                        ));
                     }
                 }
                 if block.dirty && !matches!(block.state, BlockState::Ready(_) | BlockState::Uploading(_)) {

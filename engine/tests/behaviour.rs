@@ -408,3 +408,52 @@ fn blob_deleted_while_open_reads_as_stale() {
     h.release(f);
     assert_eq!(h.engine.occupancy().pins, 0);
 }
+
+#[test]
+fn random_reads_fetch_only_what_they_need() {
+    let block = 64 * 1024;
+    let mut h = Harness::new(block, 4);
+    let data = pattern(40 * block as usize, 4);
+    h.store.put_blob("r", data.clone());
+    let f = h.open("r", false, false);
+    let mut returned = 0u64;
+    // A pseudo-random walk of 4 KiB reads, aligned and not.
+    let mut offset = 1_234_567u64;
+    for _ in 0..200 {
+        offset = (offset * 7919 + 104_729) % (data.len() as u64 - 5000);
+        let got = h.read(f, offset, 4096);
+        assert_eq!(got, data[offset as usize..offset as usize + 4096].to_vec());
+        returned += 4096;
+    }
+    let fetched = h.engine.stats().bytes_fetched;
+    assert!(
+        fetched <= 3 * returned,
+        "fetched {fetched} bytes for {returned} returned"
+    );
+    // A sequential reader of the same file still gets whole blocks.
+    let g = h.open("r", false, false);
+    let before = h.engine.stats().bytes_fetched;
+    assert_eq!(h.read(g, 0, 1000), data[..1000].to_vec());
+    assert!(h.engine.stats().bytes_fetched - before >= block);
+    h.release(f);
+    h.release(g);
+}
+
+#[test]
+fn writing_into_a_partly_fetched_block_reads_the_rest_first() {
+    let mut h = Harness::new(64 * 1024, 2);
+    let data = pattern(200_000, 5);
+    h.store.put_blob("w", data.clone());
+    let f = h.open("w", true, false);
+    // A random read leaves block 1 partly in memory.
+    assert_eq!(h.read(f, 100_000, 100), data[100_000..100_100].to_vec());
+    h.write(f, 70_000, b"patch");
+    let mut expected = data.clone();
+    expected[70_000..70_005].copy_from_slice(b"patch");
+    h.truncate(f, 130_001).unwrap();
+    expected.truncate(130_001);
+    h.flush(f).unwrap();
+    h.release(f);
+    assert_eq!(h.store.data("w"), Some(&expected[..]));
+    assert_eq!(h.read_all("w"), expected);
+}
