@@ -1421,6 +1421,10 @@ impl Engine {
                         }
                     }
                     Err(error) => {
+                        #[cfg(madsim)]
+                        if self.config.faults.keep_pin_on_error {
+                            op.pinned = None;
+                        }
                         self.unpin(op.pinned.take());
                         let result = partial_result(&op, error);
                         self.reply(op.request, result);

@@ -44,6 +44,9 @@ pub struct CacheOptions {
     pub max_attempts: u32,
     /// Seed of the random numbers used for retry jitter and block id nonces.
     pub seed: u64,
+    /// Audit faults put back on purpose (simulation builds only).
+    #[cfg(madsim)]
+    pub faults: engine::SimFaults,
 }
 
 impl Default for CacheOptions {
@@ -57,6 +60,8 @@ impl Default for CacheOptions {
             request_timeout: Duration::from_secs(60),
             max_attempts: 5,
             seed: 0,
+            #[cfg(madsim)]
+            faults: engine::SimFaults::default(),
         }
     }
 }
@@ -200,6 +205,8 @@ impl BlobFs {
             attribute_timeout_ms: u64::try_from(options.attribute_timeout.as_millis()).unwrap_or(u64::MAX),
             max_waiting_requests: 4096,
             block_id_nonce: rng.gen(),
+            #[cfg(madsim)]
+            faults: options.faults,
         };
         let engine = Engine::new(config).map_err(|e| invalid(e.to_string()))?;
         Ok(BlobFs {
