@@ -679,21 +679,14 @@ impl Engine {
         buffer: Vec<u8>,
         priority: Priority,
     ) -> Result<(), EngineError> {
-        let file = self
-            .files
-            .get(&file_id)
-            .ok_or_else(|| internal("fetch for an unknown file"))?;
-        let path = file
-            .path
-            .clone()
-            .ok_or_else(|| internal("fetch for an unlinked file"))?;
-        let etag = file
-            .etag
-            .clone()
-            .ok_or_else(|| internal("fetch for a file not in storage"))?;
-        let start = mul(index, self.config.block_size)?;
-        let end = add(start, self.block_len(file.size, index)?)?.min(file.remote_len);
-        let len = to_usize(sub(end, start)?)?;
+        // A fetch that cannot be issued gives its buffer back to the pool.
+        let (path, etag, start, len) = match self.fetch_range(file_id, index) {
+            Ok(range) => range,
+            Err(error) => {
+                self.free_buffers.push(buffer);
+                return Err(error);
+            }
+        };
         let io = self.queue_io(
             file_id,
             path,
@@ -728,6 +721,26 @@ impl Engine {
             self.stats.misses = self.stats.misses.saturating_add(1);
         }
         Ok(())
+    }
+
+    /// Path, version, offset and length of the fetch of block `index`.
+    fn fetch_range(&self, file_id: FileId, index: u64) -> Result<(String, String, u64, usize), EngineError> {
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("fetch for an unknown file"))?;
+        let path = file
+            .path
+            .clone()
+            .ok_or_else(|| internal("fetch for an unlinked file"))?;
+        let etag = file
+            .etag
+            .clone()
+            .ok_or_else(|| internal("fetch for a file not in storage"))?;
+        let start = mul(index, self.config.block_size)?;
+        let end = add(start, self.block_len(file.size, index)?)?.min(file.remote_len);
+        let len = to_usize(sub(end, start)?)?;
+        Ok((path, etag, start, len))
     }
 
     /// Starts a commit of the file unless one is running. Returns the
