@@ -1700,7 +1700,9 @@ impl Engine {
                 }
                 Some(BlockState::Staged) => {
                     // Uncommitted blocks cannot be read back from storage:
-                    // commit, then read the committed version.
+                    // commit, then read the committed version. A pin taken
+                    // while the block was uploading goes: the commit drops it.
+                    self.unpin(op.pinned.take());
                     self.request_commit(file_id)?;
                     return Ok(Step::WaitIo);
                 }
@@ -1858,6 +1860,7 @@ impl Engine {
                     return Ok(Step::WaitIo);
                 }
                 Some(BlockState::Staged) => {
+                    self.unpin(op.pinned.take());
                     let covers_all = within == 0 && sub(chunk_end, block_start)? >= current_len;
                     if !covers_all {
                         self.request_commit(file_id)?;
