@@ -87,6 +87,9 @@ struct Inner {
     options: CacheOptions,
     state: Mutex<EngineState>,
     rng: Mutex<ChaCha8Rng>,
+    /// Woken after every engine step, so that callers sleeping until the
+    /// old next deadline see a new, earlier one.
+    stepped: tokio::sync::Notify,
     attrs: Mutex<BTreeMap<String, (FileAttr, tokio::time::Instant)>>,
     start: tokio::time::Instant,
 }
@@ -220,6 +223,7 @@ impl BlobFs {
                     next_request: 1,
                 }),
                 rng: Mutex::new(rng),
+                stepped: tokio::sync::Notify::new(),
                 attrs: Mutex::new(BTreeMap::new()),
                 start: tokio::time::Instant::now(),
             }),
@@ -266,6 +270,7 @@ impl BlobFs {
             self.drain(&mut state);
         }
         loop {
+            let stepped = self.inner.stepped.notified();
             let deadline = lock(&self.inner.state).engine.next_deadline();
             let sleep_for = match deadline {
                 Some(Millis(at)) => Duration::from_millis(at.saturating_sub(self.millis().0)),
@@ -276,6 +281,7 @@ impl BlobFs {
                 reply = &mut receiver => {
                     return reply.unwrap_or(Err(EngineError::ShuttingDown));
                 }
+                _ = stepped => {}
                 _ = tokio::time::sleep(sleep_for) => {
                     let mut state = lock(&self.inner.state);
                     let now = self.millis();
@@ -288,6 +294,7 @@ impl BlobFs {
 
     /// Carries out the engine's effects: starts I/O, cancels, and answers callers.
     fn drain(&self, state: &mut EngineState) {
+        self.inner.stepped.notify_waiters();
         while let Some(effect) = state.engine.poll_effect() {
             match effect {
                 Effect::Io(command) => {
