@@ -1245,7 +1245,9 @@ impl Engine {
                         .collect();
                     for position in waiting.into_iter().rev() {
                         if let Some(op) = self.ops.remove(position) {
-                            self.reply(op.request, Err(failure.clone()));
+                            // A write that already stored bytes reports them.
+                            let result = partial_result(&op, failure.clone());
+                            self.reply(op.request, result);
                         }
                     }
                 }

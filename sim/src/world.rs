@@ -225,8 +225,12 @@ impl Client {
         let stored = self.store_content(&path).await;
         let expected = Some(self.nodes[node].content.clone());
         if stored != expected {
+            let first = match (&stored, &expected) {
+                (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y),
+                _ => None,
+            };
             self.world.fail(format!(
-                "{}: after a successful {what} of {path} the store holds {} but the model says {}",
+                "{}: after a successful {what} of {path} the store holds {} but the model says {} (first difference at {first:?})",
                 self.name,
                 describe(stored.as_deref()),
                 describe(expected.as_deref())
