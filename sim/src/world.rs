@@ -640,7 +640,7 @@ impl Client {
         });
         if too_far {
             self.world.mark("huge offset write");
-            if !matches!(result, Err(FsError::FileTooLarge(_))) {
+            if !matches!(result, Err(FsError::FileTooLarge(_) | FsError::ShuttingDown)) {
                 self.world.fail(format!(
                     "{}: a write ending past the largest blob size ({offset}+{len}) gave {result:?}, not EFBIG",
                     self.name
