@@ -720,26 +720,14 @@ impl Engine {
         range: Option<(usize, usize)>,
         priority: Priority,
     ) -> Result<(), EngineError> {
-        let file = self
-            .files
-            .get(&file_id)
-            .ok_or_else(|| internal("fetch for an unknown file"))?;
-        let path = file
-            .path
-            .clone()
-            .ok_or_else(|| internal("fetch for an unlinked file"))?;
-        let etag = file
-            .etag
-            .clone()
-            .ok_or_else(|| internal("fetch for a file not in storage"))?;
-        let block_start = mul(index, self.config.block_size)?;
-        let (from, to) = match range {
-            Some((from, to)) => (to_u64(from)?, to_u64(to)?),
-            None => (0, self.block_len(file.size, index)?),
+        // A fetch that cannot be issued gives its buffer back to the pool.
+        let (path, etag, start, len) = match self.fetch_range(file_id, index, range) {
+            Ok(found) => found,
+            Err(error) => {
+                self.free_buffers.push(buffer);
+                return Err(error);
+            }
         };
-        let start = add(block_start, from)?;
-        let end = add(block_start, to)?.min(file.remote_len);
-        let len = to_usize(end.saturating_sub(start))?;
         let io = self.queue_io(
             file_id,
             path,
@@ -779,6 +767,37 @@ impl Engine {
             self.stats.misses = self.stats.misses.saturating_add(1);
         }
         Ok(())
+    }
+
+    /// Path, version, offset and length of the fetch of block `index`, or of
+    /// its block-relative `range`.
+    fn fetch_range(
+        &self,
+        file_id: FileId,
+        index: u64,
+        range: Option<(usize, usize)>,
+    ) -> Result<(String, String, u64, usize), EngineError> {
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("fetch for an unknown file"))?;
+        let path = file
+            .path
+            .clone()
+            .ok_or_else(|| internal("fetch for an unlinked file"))?;
+        let etag = file
+            .etag
+            .clone()
+            .ok_or_else(|| internal("fetch for a file not in storage"))?;
+        let block_start = mul(index, self.config.block_size)?;
+        let (from, to) = match range {
+            Some((from, to)) => (to_u64(from)?, to_u64(to)?),
+            None => (0, self.block_len(file.size, index)?),
+        };
+        let start = add(block_start, from)?;
+        let end = add(block_start, to)?.min(file.remote_len);
+        let len = to_usize(end.saturating_sub(start))?;
+        Ok((path, etag, start, len))
     }
 
     /// Starts a commit of the file unless one is running. Returns the
@@ -1355,7 +1374,9 @@ impl Engine {
                         .collect();
                     for position in waiting.into_iter().rev() {
                         if let Some(op) = self.ops.remove(position) {
-                            self.reply(op.request, Err(failure.clone()));
+                            // A write that already stored bytes reports them.
+                            let result = partial_result(&op, failure.clone());
+                            self.reply(op.request, result);
                         }
                     }
                 }
@@ -1544,6 +1565,10 @@ impl Engine {
                         }
                     }
                     Err(error) => {
+                        #[cfg(madsim)]
+                        if self.config.faults.keep_pin_on_error {
+                            op.pinned = None;
+                        }
                         self.unpin(op.pinned.take());
                         let result = partial_result(&op, error);
                         self.reply(op.request, result);
@@ -1861,7 +1886,9 @@ impl Engine {
                 }
                 Some(BlockState::Staged) => {
                     // Uncommitted blocks cannot be read back from storage:
-                    // commit, then read the committed version.
+                    // commit, then read the committed version. A pin taken
+                    // while the block was uploading goes: the commit drops it.
+                    self.unpin(op.pinned.take());
                     self.request_commit(file_id)?;
                     return Ok(Step::WaitIo);
                 }
@@ -2096,6 +2123,7 @@ impl Engine {
                     return Ok(Step::WaitIo);
                 }
                 Some(BlockState::Staged) => {
+                    self.unpin(op.pinned.take());
                     let covers_all = within == 0 && sub(chunk_end, block_start)? >= current_len;
                     if !covers_all {
                         self.request_commit(file_id)?;

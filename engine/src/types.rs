@@ -78,6 +78,19 @@ pub struct EngineConfig {
     pub max_waiting_requests: usize,
     /// Per-mount nonce placed in every generated block id.
     pub block_id_nonce: u64,
+    /// Audit faults put back on purpose (simulation builds only).
+    #[cfg(madsim)]
+    pub faults: SimFaults,
+}
+
+/// Faults from the audit that a simulation build can put back into the
+/// engine and the shell, so that the simulation proves it can see them.
+/// Each is one check at the place where the fault would be.
+#[cfg(madsim)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimFaults {
+    /// A request that fails with an error keeps its pin.
+    pub keep_pin_on_error: bool,
 }
 
 impl EngineConfig {
@@ -93,6 +106,8 @@ impl EngineConfig {
             attribute_timeout_ms: 2_000,
             max_waiting_requests: 4096,
             block_id_nonce: 0,
+            #[cfg(madsim)]
+            faults: SimFaults::default(),
         }
     }
 }

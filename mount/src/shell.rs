@@ -44,6 +44,9 @@ pub struct CacheOptions {
     pub max_attempts: u32,
     /// Seed of the random numbers used for retry jitter and block id nonces.
     pub seed: u64,
+    /// Audit faults put back on purpose (simulation builds only).
+    #[cfg(madsim)]
+    pub faults: engine::SimFaults,
 }
 
 impl Default for CacheOptions {
@@ -57,6 +60,8 @@ impl Default for CacheOptions {
             request_timeout: Duration::from_secs(60),
             max_attempts: 5,
             seed: 0,
+            #[cfg(madsim)]
+            faults: engine::SimFaults::default(),
         }
     }
 }
@@ -82,6 +87,9 @@ struct Inner {
     options: CacheOptions,
     state: Mutex<EngineState>,
     rng: Mutex<ChaCha8Rng>,
+    /// Woken after every engine step, so that callers sleeping until the
+    /// old next deadline see a new, earlier one.
+    stepped: tokio::sync::Notify,
     attrs: Mutex<BTreeMap<String, (FileAttr, tokio::time::Instant)>>,
     start: tokio::time::Instant,
 }
@@ -200,6 +208,8 @@ impl BlobFs {
             attribute_timeout_ms: u64::try_from(options.attribute_timeout.as_millis()).unwrap_or(u64::MAX),
             max_waiting_requests: 4096,
             block_id_nonce: rng.gen(),
+            #[cfg(madsim)]
+            faults: options.faults,
         };
         let engine = Engine::new(config).map_err(|e| invalid(e.to_string()))?;
         Ok(BlobFs {
@@ -213,6 +223,7 @@ impl BlobFs {
                     next_request: 1,
                 }),
                 rng: Mutex::new(rng),
+                stepped: tokio::sync::Notify::new(),
                 attrs: Mutex::new(BTreeMap::new()),
                 start: tokio::time::Instant::now(),
             }),
@@ -259,6 +270,7 @@ impl BlobFs {
             self.drain(&mut state);
         }
         loop {
+            let stepped = self.inner.stepped.notified();
             let deadline = lock(&self.inner.state).engine.next_deadline();
             let sleep_for = match deadline {
                 Some(Millis(at)) => Duration::from_millis(at.saturating_sub(self.millis().0)),
@@ -269,6 +281,7 @@ impl BlobFs {
                 reply = &mut receiver => {
                     return reply.unwrap_or(Err(EngineError::ShuttingDown));
                 }
+                _ = stepped => {}
                 _ = tokio::time::sleep(sleep_for) => {
                     let mut state = lock(&self.inner.state);
                     let now = self.millis();
@@ -281,6 +294,7 @@ impl BlobFs {
 
     /// Carries out the engine's effects: starts I/O, cancels, and answers callers.
     fn drain(&self, state: &mut EngineState) {
+        self.inner.stepped.notify_waiters();
         while let Some(effect) = state.engine.poll_effect() {
             match effect {
                 Effect::Io(command) => {
