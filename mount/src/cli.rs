@@ -453,7 +453,7 @@ fn launch_background(args: &MountArgs, mountpoint: &Path) -> Result<(), CliError
             Ok(line) => match line.strip_prefix(READY_MARKER) {
                 Some(description) => {
                     wait_until_mounted(mountpoint)?;
-                    println!("blobcache: mounted {description} at {}", mountpoint.display());
+                    println!("blobcache: mounted {description} on {}", mountpoint.display());
                     return Ok(());
                 }
                 None => {
@@ -802,7 +802,7 @@ mod foreground {
         let fs = Arc::new(fs);
         let mut mounted = fuse::mount(fs.clone(), runtime.handle().clone(), options, mountpoint)
             .map_err(io_error(format!("cannot mount on {}", mountpoint.display())))?;
-        tracing::info!("mounted {description} at {}", mountpoint.display());
+        tracing::info!("mounted {description} on {}", mountpoint.display());
 
         let pid_file = config::blobcache_home(&config::process_env)
             .ok()
@@ -828,7 +828,7 @@ mod foreground {
                 tracing::warn!(error = %e, "cannot redirect stderr to the log file");
             }
         } else {
-            println!("blobcache: mounted {description} at {}", mountpoint.display());
+            println!("blobcache: mounted {description} on {}", mountpoint.display());
         }
 
         let outcome = runtime.block_on(serve(&fs, &mut mounted));

@@ -747,9 +747,15 @@ fn resolve_backend(
         return Ok(Backend::Local { path });
     }
     if azstorage.is_none() && env(ENV_ACCOUNT).is_none() {
-        return Ok(Backend::Local {
-            path: default_local_path(env)?,
-        });
+        let path = default_local_path(env)?;
+        if let Origin::File(file) = file_origin {
+            warnings.push(format!(
+                "config file {} has no azstorage section: serving the local directory {} instead",
+                file.display(),
+                path.display()
+            ));
+        }
+        return Ok(Backend::Local { path });
     }
     resolve_azure(azstorage.unwrap_or_default(), env, file_origin, cache, warnings)
 }

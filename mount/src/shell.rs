@@ -92,6 +92,7 @@ struct Inner {
     stepped: tokio::sync::Notify,
     attrs: Mutex<BTreeMap<String, (FileAttr, tokio::time::Instant)>>,
     start: tokio::time::Instant,
+    mounted_at: SystemTime,
 }
 
 /// A mounted container.
@@ -226,6 +227,7 @@ impl BlobFs {
                 stepped: tokio::sync::Notify::new(),
                 attrs: Mutex::new(BTreeMap::new()),
                 start: tokio::time::Instant::now(),
+                mounted_at: SystemTime::now(),
             }),
         })
     }
@@ -553,11 +555,13 @@ impl BlobFs {
         })
     }
 
-    fn directory_attr() -> FileAttr {
+    /// Directories have no times of their own in blob storage: they show
+    /// the time of the mount.
+    fn directory_attr(&self) -> FileAttr {
         FileAttr {
             kind: FileKind::Directory,
             size: 0,
-            mtime: UNIX_EPOCH,
+            mtime: self.inner.mounted_at,
         }
     }
 
@@ -565,7 +569,7 @@ impl BlobFs {
 
     pub async fn getattr(&self, path: &str) -> FsResult<FileAttr> {
         if path.is_empty() {
-            return Ok(Self::directory_attr());
+            return Ok(self.directory_attr());
         }
         check_path(path)?;
         if let Some(attr) = self.live_attr(path) {
@@ -576,7 +580,7 @@ impl BlobFs {
         }
         let store = &self.inner.store;
         let attr = match self.with_retries(|| store.get_properties(path)).await {
-            Ok(properties) if properties.is_dir_marker => Self::directory_attr(),
+            Ok(properties) if properties.is_dir_marker => self.directory_attr(),
             Ok(properties) => FileAttr {
                 kind: FileKind::File,
                 size: properties.size,
@@ -591,7 +595,7 @@ impl BlobFs {
                 if listing.blobs.is_empty() && listing.prefixes.is_empty() {
                     return Err(FsError::NotFound(path.to_string()));
                 }
-                Self::directory_attr()
+                self.directory_attr()
             }
             Err(error) => return Err(storage_error(path, error)),
         };
@@ -618,7 +622,7 @@ impl BlobFs {
                 .trim_end_matches('/')
                 .to_string();
             if !name.is_empty() {
-                entries.insert(name, Self::directory_attr());
+                entries.insert(name, self.directory_attr());
             }
         }
         for blob in listing.blobs {
@@ -627,7 +631,7 @@ impl BlobFs {
                 continue;
             }
             let attr = if blob.properties.is_dir_marker {
-                Self::directory_attr()
+                self.directory_attr()
             } else {
                 FileAttr {
                     kind: FileKind::File,
@@ -818,7 +822,7 @@ impl BlobFs {
         self.with_retries(|| store.put_blob(path, Bytes::new(), true, &Condition::IfNotExists))
             .await
             .map_err(|e| storage_error(path, e))?;
-        let attr = Self::directory_attr();
+        let attr = self.directory_attr();
         self.remember_attr(path, attr);
         Ok(attr)
     }
