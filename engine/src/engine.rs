@@ -1118,17 +1118,7 @@ impl Engine {
                 }
                 if !same {
                     let stale: Vec<Block> = std::mem::take(&mut file.blocks).into_values().collect();
-                    for block in stale {
-                        match block.state {
-                            BlockState::Ready(buffer) => self.free_buffers.push(buffer),
-                            BlockState::Loading(io) | BlockState::Uploading(io) => {
-                                if let Some(task) = self.ios.get_mut(&io) {
-                                    task.detached = true;
-                                }
-                            }
-                            BlockState::Staged => {}
-                        }
-                    }
+                    self.drop_blocks(stale);
                 }
                 let file = self
                     .files
@@ -1158,7 +1148,8 @@ impl Engine {
                     file.committed_size = 0;
                     file.remote_len = 0;
                     file.layout = Layout::Unknown;
-                    file.blocks.clear();
+                    let gone: Vec<Block> = std::mem::take(&mut file.blocks).into_values().collect();
+                    self.drop_blocks(gone);
                 }
             }
             Ok(other) => return Err(internal(format!("load completed with {other:?}"))),
@@ -1167,6 +1158,22 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Forgets blocks whose content is no longer valid: buffers go back to
+    /// the pool, I/O still carrying one is detached.
+    fn drop_blocks(&mut self, blocks: Vec<Block>) {
+        for block in blocks {
+            match block.state {
+                BlockState::Ready(buffer) => self.free_buffers.push(buffer),
+                BlockState::Loading(io) | BlockState::Uploading(io) => {
+                    if let Some(task) = self.ios.get_mut(&io) {
+                        task.detached = true;
+                    }
+                }
+                BlockState::Staged => {}
+            }
+        }
     }
 
     fn on_fetched(
