@@ -300,8 +300,9 @@ impl Client {
             self.world.busy[self.mount].fetch_sub(1, Ordering::SeqCst);
             self.after_op("after a client operation");
         }
-        // Close everything, as a process exiting would.
-        while let Some(index) = self.open.len().checked_sub(1) {
+        // Close everything, as a process exiting would (after a failure
+        // the run ends at once: the failure is what matters).
+        while let Some(index) = self.open.len().checked_sub(1).filter(|_| !self.world.failed()) {
             self.close(index).await;
         }
         self.world.event(|| format!("{} done", self.name));
@@ -970,7 +971,13 @@ async fn outside_writer(world: Arc<World>) {
 
 async fn checker(world: Arc<World>) {
     while !world.checks_done.load(Ordering::SeqCst) && !world.failed() {
-        madsim::time::sleep(CHECK_EVERY).await;
+        // Once faults stop, little happens but timeouts: look less often.
+        let every = if world.stop.load(Ordering::SeqCst) {
+            CHECK_EVERY * 100
+        } else {
+            CHECK_EVERY
+        };
+        madsim::time::sleep(every).await;
         world.check_invariants("between operations");
     }
 }
@@ -1094,6 +1101,16 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
         world.event(|| format!("clients done {} ms after faults stopped", sim_millis() - liveness_start));
     }
     world.checks_done.store(true, Ordering::SeqCst);
+    if world.failed() {
+        let failure = world.failure.lock().ok().and_then(|f| f.clone());
+        let marks = world.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        return Report {
+            failure,
+            marks,
+            sim_ms: sim_millis(),
+            store_requests: world.store.requests.load(Ordering::Relaxed),
+        };
+    }
     for (index, fs) in world.mounts.iter().enumerate() {
         match madsim::time::timeout(LIVENESS_BOUND, fs.shutdown()).await {
             Ok(result) => world.event(|| format!("mount {index} unmounted: {}", short(&result))),
