@@ -90,6 +90,28 @@ BLOBCACHE_BIN=$TARGET_DIR/release/blobcache
 [[ -x "$BLOBCACHE_BIN" ]] || { echo "the build did not produce $BLOBCACHE_BIN" >&2; exit 1; }
 export BLOBCACHE_BIN
 
+section "deterministic simulation (cargo sim)"
+# Built with --cfg madsim in target/sim (see .cargo/config.toml). CI's seed
+# range is fixed, so a red run means a change broke something; wider
+# ranges are for hunting, and every seed that ever failed is replayed from
+# sim/regressions.txt.
+SIM_SEEDS=${BLOBCACHE_SIM_SEEDS:-0..1000}
+sim_step() {
+    local started=$SECONDS
+    cargo sim "$@"
+    echo "cargo sim $* took $((SECONDS - started))s"
+}
+sim_status=0
+sim_step run --seeds 0..1 >/dev/null || true # builds the runner
+sim_step run --seeds "$SIM_SEEDS" || sim_status=1
+sim_step determinism --seeds 0..20 || sim_status=1
+sim_step regressions || sim_status=1
+sim_step scenarios || sim_status=1
+if [[ $sim_status -ne 0 ]]; then
+    echo "the simulation found failures (replay commands above)" >&2
+    exit 1
+fi
+
 section "start Azurite"
 if ! "$ROOT/scripts/azurite.sh" status >/dev/null; then
     AZURITE_STARTED_HERE=1

@@ -1549,7 +1549,7 @@ impl Engine {
                     Ok(Step::WaitIo) | Ok(Step::WaitBuffer) => {
                         let deadline = *op
                             .deadline
-                            .get_or_insert(self.now.saturating_add(self.config.buffer_wait_timeout_ms));
+                            .get_or_insert(self.now.saturating_add(self.buffer_wait_ms()));
                         if self.now >= deadline {
                             self.unpin(op.pinned.take());
                             self.stats.buffer_timeouts = self.stats.buffer_timeouts.saturating_add(1);
@@ -1565,6 +1565,10 @@ impl Engine {
                         }
                     }
                     Err(error) => {
+                        #[cfg(madsim)]
+                        if self.config.faults.panic_on_internal && matches!(error, EngineError::Internal(_)) {
+                            std::panic::panic_any(error.to_string());
+                        }
                         #[cfg(madsim)]
                         if self.config.faults.keep_pin_on_error {
                             op.pinned = None;
@@ -1616,6 +1620,10 @@ impl Engine {
                     if file.commits_finished < target {
                         return Ok(Step::WaitIo);
                     }
+                    #[cfg(madsim)]
+                    if self.config.faults.hide_write_errors {
+                        return Ok(Step::Done(Ok(Reply::Done)));
+                    }
                     return match &file.error {
                         Some(error) => Ok(Step::Done(Err(error.clone()))),
                         None => Ok(Step::Done(Ok(Reply::Done))),
@@ -1645,6 +1653,10 @@ impl Engine {
                     .any(|f| f.commit != CommitPhase::Idle || f.loading.is_some());
                 let others_waiting = !self.ops.is_empty();
                 if busy || others_waiting || self.in_flight > 0 || !self.queued.is_empty() {
+                    #[cfg(madsim)]
+                    if self.config.faults.early_shutdown_reply {
+                        return Ok(Step::Done(Ok(Reply::Done)));
+                    }
                     return Ok(Step::WaitIo);
                 }
                 let failed: Vec<String> = self
@@ -1713,6 +1725,8 @@ impl Engine {
             return Ok(Step::WaitIo);
         }
         let busy = file.handles > 0 || file.changed || file.commit != CommitPhase::Idle;
+        #[cfg(madsim)]
+        let busy = busy && !(self.config.faults.open_ignores_pending_commit && file.handles == 0);
         if file.error.is_some() && !busy {
             // A failed load: report it once and forget it.
             let error = file.error.take().unwrap_or(EngineError::Storage(path.to_string()));
@@ -2065,6 +2079,12 @@ impl Engine {
         let file_id = state.file;
         let block_size = self.config.block_size;
         let max = self.max_file_size();
+        #[cfg(madsim)]
+        let max = if self.config.faults.skip_size_check {
+            u64::MAX
+        } else {
+            max
+        };
         let total = to_u64(data.len())?;
         let write_end = offset
             .checked_add(total)
@@ -2358,6 +2378,14 @@ impl Engine {
     }
 
     // ----- checks -----
+
+    fn buffer_wait_ms(&self) -> u64 {
+        #[cfg(madsim)]
+        if self.config.faults.endless_buffer_wait {
+            return self.config.buffer_wait_timeout_ms.saturating_mul(1000);
+        }
+        self.config.buffer_wait_timeout_ms
+    }
 
     /// Resource use right now.
     pub fn occupancy(&self) -> Occupancy {

@@ -89,8 +89,27 @@ pub struct EngineConfig {
 #[cfg(madsim)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimFaults {
-    /// A request that fails with an error keeps its pin.
+    /// 1.4: a request that fails with an error keeps its pin.
     pub keep_pin_on_error: bool,
+    /// 1.2: an internal inconsistency panics instead of failing the request.
+    pub panic_on_internal: bool,
+    /// 1.3: an open while the last release's commit is running reloads the
+    /// file from storage as if nobody used it.
+    pub open_ignores_pending_commit: bool,
+    /// 2.1: a flush waiting for a commit that failed reports success.
+    pub hide_write_errors: bool,
+    /// 2.4: shutdown answers while I/O is still in flight.
+    pub early_shutdown_reply: bool,
+    /// 2.5: writes are not checked against the largest blob size.
+    pub skip_size_check: bool,
+    /// 2.8: the bytes past the end of a short fetch are not zeroed.
+    pub skip_fetch_zeroing: bool,
+    /// 2.3 / 6.2: a request waits for a buffer a thousand times longer.
+    pub endless_buffer_wait: bool,
+    /// 1.1 (shell): every mount uses the same block id nonce.
+    pub shared_block_ids: bool,
+    /// 1.5 / 7.3 (shell): storage requests have no time limit.
+    pub no_request_timeout: bool,
 }
 
 impl EngineConfig {

@@ -200,6 +200,16 @@ impl BlobFs {
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| invalid(format!("block size {} is not valid", options.block_size)))?;
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        #[cfg(madsim)]
+        let mut options = options;
+        #[cfg(madsim)]
+        if options.faults.shared_block_ids {
+            rng = ChaCha8Rng::seed_from_u64(0);
+        }
+        #[cfg(madsim)]
+        if options.faults.no_request_timeout {
+            options.request_timeout = Duration::from_secs(100 * 24 * 3600);
+        }
         let config = EngineConfig {
             block_size: options.block_size,
             pool_buffers,

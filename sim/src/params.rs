@@ -78,6 +78,9 @@ pub struct Params {
     pub unmount_while_busy: bool,
     /// Clients also try offsets near the largest blob size.
     pub huge_offsets: bool,
+    /// Some closes release without flushing first (the commit then runs in
+    /// the background, after the release has returned).
+    pub release_without_flush: bool,
 }
 
 /// One of `choices`, which are literal and never empty.
@@ -163,6 +166,7 @@ impl Params {
             outside_writer: rng.gen_bool(0.6),
             unmount_while_busy: rng.gen_bool(0.1),
             huge_offsets: rng.gen_bool(0.1),
+            release_without_flush: rng.gen_bool(0.2),
         }
     }
 }

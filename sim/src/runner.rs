@@ -7,7 +7,8 @@ use crate::trace::Trace;
 use crate::world::{self, Report, RunSetup};
 use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Once};
 use std::time::Duration;
 
 /// A run may not take more simulated time than this: the fault phase, the
@@ -134,4 +135,29 @@ pub fn run_one(seed: u64, spec: &RunSpec) -> Outcome {
         report,
         trace,
     }
+}
+
+/// Runs seeds on `jobs` threads; results come back in completion order.
+pub fn run_parallel(seeds: &[u64], jobs: usize, spec: &RunSpec, mut each: impl FnMut(Outcome)) {
+    let next = AtomicU64::new(0);
+    let (sender, receiver) = mpsc::channel();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            let sender = sender.clone();
+            let next = &next;
+            scope.spawn(move || loop {
+                let index = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(seed) = seeds.get(index) else {
+                    break;
+                };
+                if sender.send(run_one(*seed, spec)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(sender);
+        for outcome in receiver {
+            each(outcome);
+        }
+    });
 }

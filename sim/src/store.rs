@@ -39,6 +39,8 @@ pub struct SimStore {
     /// Every content each blob had, in order; `None` while it did not exist.
     history: Mutex<BTreeMap<String, Vec<Option<Vec<u8>>>>>,
     pub hung: AtomicU64,
+    /// Commits running per blob.
+    commits: Mutex<BTreeMap<String, usize>>,
     pub injected: AtomicU64,
     pub requests: AtomicU64,
 }
@@ -47,7 +49,43 @@ fn now_ms() -> u64 {
     crate::world::sim_millis()
 }
 
+/// Counts a commit as running for as long as it lives.
+struct CommitRunning<'a> {
+    store: &'a SimStore,
+    name: String,
+}
+
+impl<'a> CommitRunning<'a> {
+    fn new(store: &'a SimStore, name: &str) -> CommitRunning<'a> {
+        if let Ok(mut commits) = store.commits.lock() {
+            *commits.entry(name.to_string()).or_default() += 1;
+        }
+        CommitRunning {
+            store,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for CommitRunning<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut commits) = self.store.commits.lock() {
+            if let Some(count) = commits.get_mut(&self.name) {
+                *count = count.saturating_sub(1);
+            }
+        }
+    }
+}
+
 impl SimStore {
+    /// Whether a commit of `name` is running right now.
+    pub fn committing(&self, name: &str) -> bool {
+        self.commits
+            .lock()
+            .map(|c| c.get(name).copied().unwrap_or(0) > 0)
+            .unwrap_or(false)
+    }
+
     pub fn new(faults: StoreFaults, trace: Trace) -> SimStore {
         SimStore {
             inner: MemoryStore::new(),
@@ -56,9 +94,14 @@ impl SimStore {
             trace,
             history: Mutex::new(BTreeMap::new()),
             hung: AtomicU64::new(0),
+            commits: Mutex::new(BTreeMap::new()),
             injected: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }
+    }
+
+    pub fn faults_on(&self) -> bool {
+        self.faults_on.load(Ordering::SeqCst)
     }
 
     /// Ends the fault phase: from now on every request succeeds after its latency.
@@ -233,6 +276,7 @@ impl BlobStore for SimStore {
     }
 
     async fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag> {
+        let _running = CommitRunning::new(self, name);
         let latency = self.gate(Kind::Commit, name, 0).await?;
         let result = self.inner.put_block_list(name, blocks, condition).await;
         if result.is_ok() {

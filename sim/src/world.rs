@@ -90,6 +90,8 @@ pub struct World {
     poisoned: Mutex<BTreeSet<String>>,
     /// Files unlinked and not created again: they must stay gone.
     unlinked: Mutex<BTreeSet<String>>,
+    /// Mounts that wrote each shared file.
+    shared_writers: Mutex<BTreeMap<String, BTreeSet<usize>>>,
     /// Mounts that have been shut down.
     down: Vec<AtomicBool>,
 }
@@ -210,6 +212,26 @@ impl Client {
         self.world.check_invariants(what);
     }
 
+    /// Coverage marks that a failed operation proves.
+    fn observe<T>(&self, result: &Result<T, FsError>) {
+        let Err(error) = result else {
+            if !self.world.store.faults_on() && self.world.store.injected.load(Ordering::Relaxed) >= 20 {
+                self.world.mark("operation succeeded after the outage");
+            }
+            return;
+        };
+        let text = error.to_string();
+        if text.contains("internal inconsistency") {
+            self.world.mark("internal inconsistency reported as an error");
+        }
+        if text.contains("no cache buffer became free") {
+            self.world.mark("request timed out waiting for a buffer");
+        }
+        if text.contains("an earlier write") {
+            self.world.mark("sticky write error reported");
+        }
+    }
+
     async fn store_content(&self, path: &str) -> Option<Vec<u8>> {
         self.world.store.content(path).await
     }
@@ -278,8 +300,9 @@ impl Client {
             self.world.busy[self.mount].fetch_sub(1, Ordering::SeqCst);
             self.after_op("after a client operation");
         }
-        // Close everything, as a process exiting would.
-        while let Some(index) = self.open.len().checked_sub(1) {
+        // Close everything, as a process exiting would (after a failure
+        // the run ends at once: the failure is what matters).
+        while let Some(index) = self.open.len().checked_sub(1).filter(|_| !self.world.failed()) {
             self.close(index).await;
         }
         self.world.event(|| format!("{} done", self.name));
@@ -377,6 +400,9 @@ impl Client {
         }
         match self.paths.get(&slot).copied() {
             Some(node) => {
+                if self.nodes[node].handles == 0 && self.world.store.committing(&path) {
+                    self.world.mark("open while the last release's commit runs");
+                }
                 let truncate = rng.gen_ratio(1, 10);
                 let options = OpenOptions {
                     read: true,
@@ -396,10 +422,11 @@ impl Client {
                         });
                         let n = &mut self.nodes[node];
                         n.handles += 1;
-                        if n.resync && n.handles == 1 {
+                        if n.resync && n.handles == 1 && !truncate {
                             self.resync(node, self.open.len() - 1).await;
                         }
                         if truncate {
+                            self.nodes[node].resync = false;
                             let n = &mut self.nodes[node];
                             n.content.clear();
                             let state = Some(n.content.clone());
@@ -508,6 +535,10 @@ impl Client {
         };
         let handle = self.open[index].handle;
         let result = self.fs().read(handle, offset, len).await;
+        self.observe(&result);
+        if result.is_err() && !matches!(self.open[index].target, Target::Outside(_)) {
+            self.world.mark("read failed while waiting on its block");
+        }
         self.world.event(|| {
             format!(
                 "{} read h{} @{offset}+{len}: {}",
@@ -544,6 +575,9 @@ impl Client {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(content.len());
                 let end = start.saturating_add(len as usize).min(content.len());
                 let expected = &content[start..end];
+                if self.p().pool_buffers <= 3 && expected.contains(&0) && data == expected {
+                    self.world.mark("zeros read back from a reused buffer");
+                }
                 if data != expected {
                     let first = data.iter().zip(expected).position(|(a, b)| a != b);
                     self.world.fail(format!(
@@ -632,6 +666,16 @@ impl Client {
             }
         }
         let result = self.fs().write(handle, offset, data.clone()).await;
+        self.observe(&result);
+        if let (Target::Shared(path), Ok(_)) = (&target, &result) {
+            if let Ok(mut writers) = self.world.shared_writers.lock() {
+                let mounts = writers.entry(path.clone()).or_default();
+                mounts.insert(self.mount);
+                if mounts.len() == 2 {
+                    self.world.mark("both mounts wrote one shared file");
+                }
+            }
+        }
         self.world.event(|| {
             format!(
                 "{} write h{} @{offset}+{len} tag {tag}: {:?}",
@@ -722,6 +766,7 @@ impl Client {
     async fn fsync(&mut self, index: usize) {
         let handle = self.open[index].handle;
         let result = self.fs().fsync(handle).await;
+        self.observe(&result);
         self.world
             .event(|| format!("{} fsync h{}: {}", self.name, handle.0, short(&result)));
         if let Target::Private(node) = self.open[index].target {
@@ -735,7 +780,13 @@ impl Client {
     /// close(2): flush, then release.
     async fn close(&mut self, index: usize) {
         let open = self.open.remove(index);
-        let flushed = self.fs().flush(open.handle).await;
+        let skip_flush = self.p().release_without_flush && madsim::rand::thread_rng().gen_bool(0.5);
+        let flushed = if skip_flush {
+            Err(FsError::Io("not flushed".into()))
+        } else {
+            self.fs().flush(open.handle).await
+        };
+        self.observe(&flushed);
         let released = self.fs().release(open.handle).await;
         self.world.event(|| {
             format!(
@@ -749,6 +800,8 @@ impl Client {
         if let Target::Private(node) = open.target {
             match flushed {
                 Ok(()) => self.verify_committed(node, "close").await,
+                // The release commits in the background: nothing to check yet.
+                Err(_) if skip_flush => self.nodes[node].unsure = true,
                 Err(_) => self.verify_possible(node, "close").await,
             }
             let n = &mut self.nodes[node];
@@ -918,7 +971,13 @@ async fn outside_writer(world: Arc<World>) {
 
 async fn checker(world: Arc<World>) {
     while !world.checks_done.load(Ordering::SeqCst) && !world.failed() {
-        madsim::time::sleep(CHECK_EVERY).await;
+        // Once faults stop, little happens but timeouts: look less often.
+        let every = if world.stop.load(Ordering::SeqCst) {
+            CHECK_EVERY * 100
+        } else {
+            CHECK_EVERY
+        };
+        madsim::time::sleep(every).await;
         world.check_invariants("between operations");
     }
 }
@@ -975,6 +1034,7 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
         poisoned: Mutex::new(BTreeSet::new()),
         unlinked: Mutex::new(BTreeSet::new()),
         down: vec![AtomicBool::new(false), AtomicBool::new(false)],
+        shared_writers: Mutex::new(BTreeMap::new()),
     });
     world.event(|| format!("world {params:?}"));
     let checker = tokio::spawn(checker(world.clone()));
@@ -1002,6 +1062,9 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
             if world.busy[0].load(Ordering::SeqCst) > 0 {
                 world.mark("unmount while busy");
             }
+            if world.mounts[0].engine_stats().1.io_in_flight > 0 {
+                world.mark("unmount with I/O in flight");
+            }
             world.down[0].store(true, Ordering::SeqCst);
             let result = world.mounts[0].shutdown().await;
             world.event(|| format!("mount 0 shut down while busy: {}", short(&result)));
@@ -1009,6 +1072,9 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
     });
 
     madsim::time::sleep(params.fault_phase).await;
+    if world.store.hung.load(Ordering::Relaxed) >= 2 {
+        world.mark("storage requests hung");
+    }
     world.store.stop_faults();
     world.stop.store(true, Ordering::SeqCst);
     world.event(|| "faults stop".to_string());
@@ -1035,10 +1101,27 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
         world.event(|| format!("clients done {} ms after faults stopped", sim_millis() - liveness_start));
     }
     world.checks_done.store(true, Ordering::SeqCst);
+    if world.failed() {
+        let failure = world.failure.lock().ok().and_then(|f| f.clone());
+        let marks = world.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        return Report {
+            failure,
+            marks,
+            sim_ms: sim_millis(),
+            store_requests: world.store.requests.load(Ordering::Relaxed),
+        };
+    }
     for (index, fs) in world.mounts.iter().enumerate() {
         match madsim::time::timeout(LIVENESS_BOUND, fs.shutdown()).await {
             Ok(result) => world.event(|| format!("mount {index} unmounted: {}", short(&result))),
             Err(_) => world.fail(format!("liveness: unmount of mount {index} did not finish")),
+        }
+        // Unmount has returned: nothing may be left in flight.
+        let (_, o) = fs.engine_stats();
+        if o.io_pending != 0 || o.io_in_flight != 0 || o.waiting_requests != 0 || o.pins != 0 {
+            world.fail(format!(
+                "leak: mount {index} returned from unmount with work left: {o:?}"
+            ));
         }
     }
     let _ = checker.await;
@@ -1055,6 +1138,7 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
     if !world.failed() {
         leak_check(&world, tasks_at_start).await;
     }
+    shared_final_check(&world).await;
     let unlinked: Vec<String> = world
         .unlinked
         .lock()
@@ -1072,6 +1156,28 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
         marks,
         sim_ms: sim_millis(),
         store_requests: world.store.requests.load(Ordering::Relaxed),
+    }
+}
+
+/// Every byte of a shared file in storage is zero or a byte some client
+/// wrote at exactly that offset: blocks of one write never land elsewhere.
+async fn shared_final_check(world: &World) {
+    let tags = world.shared_tags.lock().map(|t| t.clone()).unwrap_or_default();
+    for (path, tags) in tags {
+        if path.starts_with("unknown") {
+            continue;
+        }
+        let Some(content) = world.store.content(&path).await else {
+            continue;
+        };
+        for (at, byte) in content.iter().enumerate() {
+            if *byte != 0 && !tags.iter().any(|tag| pattern(*tag, at as u64) == *byte) {
+                world.fail(format!(
+                    "shared {path} in storage holds byte {byte:#x} at {at} that no client wrote there"
+                ));
+                break;
+            }
+        }
     }
 }
 

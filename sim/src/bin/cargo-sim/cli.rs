@@ -2,13 +2,11 @@
 
 use clap::{Parser, Subcommand};
 use sim::runner::wall_secs;
-use sim::runner::{run_one, Outcome, RunSpec};
+use sim::runner::{run_one, run_parallel, RunSpec};
 use sim::scenarios;
 use std::io::Write;
 use std::ops::Range;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
 #[derive(Parser)]
 #[command(name = "cargo sim", about = "Deterministic simulation of blobcache")]
@@ -142,31 +140,6 @@ fn spec_for(fault: Option<&str>, scenario: Option<&str>, keep_trace: bool) -> Re
     }
     spec.keep_trace = keep_trace;
     Ok(spec)
-}
-
-/// Runs seeds on `jobs` threads; results come back in completion order.
-pub fn run_parallel(seeds: &[u64], jobs: usize, spec: &RunSpec, mut each: impl FnMut(Outcome)) {
-    let next = AtomicU64::new(0);
-    let (sender, receiver) = mpsc::channel();
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            let sender = sender.clone();
-            let next = &next;
-            scope.spawn(move || loop {
-                let index = next.fetch_add(1, Ordering::SeqCst) as usize;
-                let Some(seed) = seeds.get(index) else {
-                    break;
-                };
-                if sender.send(run_one(*seed, spec)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(sender);
-        for outcome in receiver {
-            each(outcome);
-        }
-    });
 }
 
 struct Progress {
