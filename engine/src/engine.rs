@@ -164,6 +164,9 @@ enum OpKind {
         data: Vec<u8>,
         done: usize,
         mtime_ns: u64,
+        /// The size before this write extended the file to its offset, so
+        /// that a write failing before it stores anything leaves no trace.
+        extended_from: Option<u64>,
     },
     Flush {
         handle: HandleId,
@@ -348,6 +351,7 @@ impl Engine {
                 data,
                 done: 0,
                 mtime_ns,
+                extended_from: None,
             },
             Request::Flush { handle } => OpKind::Flush { handle, wait_for: None },
             Request::Truncate { handle, size, mtime_ns } => OpKind::Truncate { handle, size, mtime_ns },
@@ -1375,6 +1379,7 @@ impl Engine {
                     for position in waiting.into_iter().rev() {
                         if let Some(op) = self.ops.remove(position) {
                             // A write that already stored bytes reports them.
+                            self.undo_extension(&op);
                             let result = partial_result(&op, failure.clone());
                             self.reply(op.request, result);
                         }
@@ -1557,6 +1562,7 @@ impl Engine {
                                 "no cache buffer became free within {} ms (all {} in use)",
                                 self.config.buffer_wait_timeout_ms, self.config.pool_buffers
                             );
+                            self.undo_extension(&op);
                             let result = partial_result(&op, EngineError::TimedOut(message));
                             self.reply(op.request, result);
                             finished_any = true;
@@ -1574,6 +1580,7 @@ impl Engine {
                             op.pinned = None;
                         }
                         self.unpin(op.pinned.take());
+                        self.undo_extension(&op);
                         let result = partial_result(&op, error);
                         self.reply(op.request, result);
                         finished_any = true;
@@ -1807,24 +1814,13 @@ impl Engine {
         if file.gone {
             return Err(EngineError::Stale(file.path.clone().unwrap_or_default()));
         }
-        if file.reload {
-            if file.loading.is_none() {
-                let path = file
-                    .path
-                    .clone()
-                    .ok_or_else(|| internal("reload of an unlinked file"))?;
-                let io = self.queue_io(
-                    file_id,
-                    path,
-                    IoKind::Load { with_blocks: true },
-                    IoPurpose::Load,
-                    Priority::Demand,
-                );
-                let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
-                file.loading = Some(io);
-            }
-            return Ok(Step::WaitIo);
+        if let Some(step) = self.reload_first(file_id)? {
+            return Ok(step);
         }
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("handle of an unknown file"))?;
         let current_generation = file.generation;
         let OpKind::Read {
             offset,
@@ -1954,6 +1950,30 @@ impl Engine {
         Ok(Step::Done(Ok(Reply::Data(data))))
     }
 
+    /// When storage was found to hold another version of an unchanged file,
+    /// loads it before anything else reads from storage; the step to wait with.
+    fn reload_first(&mut self, file_id: FileId) -> Result<Option<Step>, EngineError> {
+        let file = self.files.get(&file_id).ok_or_else(|| internal("unknown file"))?;
+        if !file.reload {
+            return Ok(None);
+        }
+        if file.loading.is_none() {
+            let Some(path) = file.path.clone() else {
+                return Err(EngineError::Stale("(deleted while open)".to_string()));
+            };
+            let io = self.queue_io(
+                file_id,
+                path,
+                IoKind::Load { with_blocks: true },
+                IoPurpose::Load,
+                Priority::Demand,
+            );
+            let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
+            file.loading = Some(io);
+        }
+        Ok(Some(Step::WaitIo))
+    }
+
     /// What a read miss fetches: the whole block for a sequential reader,
     /// only the 4 KiB-aligned range asked for (block-relative) for a random one.
     fn miss_range(
@@ -2044,7 +2064,7 @@ impl Engine {
             if index >= self.block_count(file.size) || mul(index, block_size)? >= file.remote_len {
                 break;
             }
-            if file.blocks.contains_key(&index) || file.path.is_none() || file.etag.is_none() {
+            if file.blocks.contains_key(&index) || file.path.is_none() || file.etag.is_none() || file.reload {
                 continue;
             }
             let Some(buffer) = self.take_buffer(true) else {
@@ -2067,6 +2087,7 @@ impl Engine {
             data,
             done,
             mtime_ns,
+            extended_from,
         } = &mut op.kind
         else {
             return Err(internal("not a write"));
@@ -2097,14 +2118,25 @@ impl Engine {
         if let Some(error) = &file.error {
             return Err(error.clone());
         }
+        if file.reload && *done == 0 {
+            if let Some(step) = self.reload_first(file_id)? {
+                return Ok(step);
+            }
+        }
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("handle of an unknown file"))?;
         if file.commit != CommitPhase::Idle || file.background_stages >= max_background_stages(&self.config) {
             return Ok(Step::WaitIo);
         }
-        if *done == 0 && offset > file.size {
+        let size_before = file.size;
+        if *done == 0 && offset > size_before {
             // Writing past the end: the gap becomes zeros first.
             if let Some(step) = self.prepare_resize(file_id, offset)? {
                 return Ok(step);
             }
+            *extended_from = Some(size_before);
             self.set_size(file_id, offset, mtime_ns)?;
         }
         while *done < data.len() {
@@ -2367,6 +2399,15 @@ impl Engine {
         if let Some(error) = &file.error {
             return Err(error.clone());
         }
+        if file.reload {
+            if let Some(step) = self.reload_first(file_id)? {
+                return Ok(step);
+            }
+        }
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("handle of an unknown file"))?;
         if file.size == size {
             return Ok(Step::Done(Ok(Reply::Done)));
         }
@@ -2529,6 +2570,35 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+impl Engine {
+    /// A write that fails before storing a byte undoes the extension of the
+    /// file to its offset, unless the file changed size since.
+    fn undo_extension(&mut self, op: &Op) {
+        let OpKind::Write {
+            handle,
+            offset,
+            done: 0,
+            extended_from: Some(previous),
+            ..
+        } = &op.kind
+        else {
+            return;
+        };
+        let Some(file_id) = self.handles.get(handle).map(|h| h.file) else {
+            return;
+        };
+        let unchanged = self.files.get(&file_id).is_some_and(|f| f.size == *offset);
+        if unchanged && self.prepare_resize(file_id, *previous).ok().flatten().is_none() {
+            let mtime_ns = self.files.get(&file_id).map_or(0, |f| f.mtime_ns);
+            if let Err(error) = self.set_size(file_id, *previous, mtime_ns) {
+                if let Some(file) = self.files.get_mut(&file_id) {
+                    file.error.get_or_insert(error);
+                }
+            }
+        }
     }
 }
 
