@@ -1470,6 +1470,11 @@ impl Engine {
             }
             (Err(error), None) => {
                 file.blocks.remove(&index);
+                for op in self.ops.iter_mut() {
+                    if op.pinned == Some((file_id, index)) {
+                        op.pinned = None;
+                    }
+                }
                 self.buffers_allocated = self.buffers_allocated.saturating_sub(1);
                 file.error = Some(EngineError::WriteFailed {
                     path,
@@ -1506,10 +1511,20 @@ impl Engine {
                 file.layout = Layout::Uniform(block_ids);
                 file.changed = false;
                 file.validated_at = Some(now);
-                file.blocks.retain(|_, block| {
+                let mut committed_away = Vec::new();
+                file.blocks.retain(|index, block| {
                     block.staged = None;
-                    !matches!(block.state, BlockState::Staged)
+                    let keep = !matches!(block.state, BlockState::Staged);
+                    if !keep {
+                        committed_away.push(*index);
+                    }
+                    keep
                 });
+                // Requests still pinning those blocks (say, a writer waiting
+                // for the commit) find them gone and read the new version.
+                for index in committed_away {
+                    self.clear_pins(file_id, index);
+                }
             }
             Ok(other) => return Err(internal(format!("commit completed with {other:?}"))),
             Err(error) => {
@@ -2187,13 +2202,15 @@ impl Engine {
                     };
                     let last_use = self.touch();
                     let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
+                    // Requests still pinning the staged block keep their pins.
+                    let pins = file.blocks.get(&index).map_or(0, |b| b.pins);
                     file.blocks.insert(
                         index,
                         Block {
                             state: BlockState::Ready(buffer),
                             dirty: true,
                             staged: None,
-                            pins: 0,
+                            pins,
                             last_use,
                             prefetched: false,
                             partial: None,
@@ -2538,7 +2555,20 @@ impl Engine {
         }
         let pin_holders = self.ops.iter().filter(|op| op.pinned.is_some()).count();
         if to_u64(pin_holders).ok() != Some(pins) {
-            return Err(format!("{pins} pins but {pin_holders} requests hold one"));
+            let held: Vec<(FileId, u64)> = self.ops.iter().filter_map(|op| op.pinned).collect();
+            let counted: Vec<(FileId, u64, u32)> = self
+                .files
+                .iter()
+                .flat_map(|(id, f)| {
+                    f.blocks
+                        .iter()
+                        .filter(|(_, b)| b.pins > 0)
+                        .map(move |(i, b)| (*id, *i, b.pins))
+                })
+                .collect();
+            return Err(format!(
+                "{pins} pins but {pin_holders} requests hold one: held {held:?}, counted {counted:?}"
+            ));
         }
         let issued = self.ios.values().filter(|t| t.issued).count();
         if issued != self.in_flight || self.in_flight > self.config.parallelism {
