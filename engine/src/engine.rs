@@ -1331,6 +1331,12 @@ impl Engine {
                     Some((from, to)) => to.saturating_sub(from),
                     None => to_usize(self.block_len_of(file_id, index)?)?,
                 };
+                #[cfg(madsim)]
+                let bytes = if self.config.faults.skip_fetch_zeroing {
+                    filled
+                } else {
+                    bytes
+                };
                 zero(&mut buffer, bytes.min(filled), filled)?;
                 self.stats.bytes_fetched = self.stats.bytes_fetched.saturating_add(to_u64(bytes)?);
                 let file = self

@@ -309,6 +309,8 @@ pub fn check_fuse_device() -> Result<(), CliError> {
 
 /// A local container directory must exist, except the default one, which
 /// is created on first use.
+// Without the Azure backend, every backend is local.
+#[cfg_attr(not(feature = "azure"), allow(irrefutable_let_patterns))]
 fn check_local_dir(backend: &config::Backend) -> Result<(), CliError> {
     let config::Backend::Local { path } = backend else {
         return Ok(());
