@@ -10,6 +10,7 @@ Writes OUT_PREFIX.md, OUT_PREFIX.json and OUT_PREFIX.svg. Standard library only.
 """
 
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -143,6 +144,13 @@ def main():
             f"| {r['figure']} | {r['unit']} | {fmt(r['ours'])} | {r['peer']} | {fmt(r['peer_value'])} | "
             f"{fmt(r['ratio'])} | {r['goal']} | {'yes' if r['met'] else '**no**'} |"
         )
+    engine_path = out + "-engine.tsv"
+    if os.path.exists(engine_path):
+        lines += ["", "Engine hot paths (criterion: median time per operation, 95% confidence interval):", "",
+                  "| operation | ns per operation |", "| --- | --- |"]
+        for line in open(engine_path).read().splitlines():
+            name, median, lower, upper = line.split("\t")
+            lines.append(f"| {name} | {float(median):.0f} [{float(lower):.0f}, {float(upper):.0f}] |")
     lines += ["", "Machine and versions:", ""] + [f"- {k}: {v}" for k, v in machine.items()]
     with open(out + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")

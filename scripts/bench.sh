@@ -99,6 +99,21 @@ fi
 [[ -e /dev/fuse ]] || { echo "/dev/fuse is missing" >&2; exit 1; }
 log "building (release)"
 cargo build --release -q -p blobcache-mount -p blobcache-bench
+
+# Engine hot paths first, while nothing else of the suite runs.
+log "engine benchmarks (criterion)"
+if [[ $MODE == quick ]]; then CRITERION_ARGS=(--warm-up-time 1 --measurement-time 2); else CRITERION_ARGS=(); fi
+cargo bench -q -p blobcache-engine --bench hot_paths -- "${CRITERION_ARGS[@]}" >"$WORK/criterion.log" 2>&1
+ENGINE_RESULTS=$WORK/engine.tsv
+for estimates in "$TARGET_DIR"/criterion/*/*/new/estimates.json; do
+    name=$(basename "$(dirname "$(dirname "$(dirname "$estimates")")")")/$(basename "$(dirname "$(dirname "$estimates")")")
+    python3 -c '
+import json, sys
+m = json.load(open(sys.argv[1]))["median"]
+print("%s\t%.1f\t%.1f\t%.1f" % (sys.argv[2], m["point_estimate"], m["confidence_interval"]["lower_bound"],
+                                 m["confidence_interval"]["upper_bound"]))
+' "$estimates" "$name" >>"$ENGINE_RESULTS"
+done
 BLOBCACHE_AZURITE_PORT=$PORT "$ROOT/scripts/azurite.sh" install
 BLOBCACHE_AZURITE_PORT=$PORT "$ROOT/scripts/azurite.sh" start >/dev/null
 AZURITE_STARTED_HERE=1
@@ -429,6 +444,7 @@ mkdir -p "$OUT"
     echo "rclone_flags: --vfs-cache-mode full --vfs-write-back 0s, bdi read_ahead_kb 1024"
 } >"$WORK/machine.txt"
 cp "$RESULTS" "$OUT/$MODE-raw.tsv"
+cp "$ENGINE_RESULTS" "$OUT/$MODE-engine.tsv"
 cp "$WORK/machine.txt" "$OUT/$MODE-machine.txt"
 python3 "$ROOT/bench/report.py" "$OUT/$MODE-raw.tsv" "$OUT/$MODE-machine.txt" "$OUT/$MODE"
 log "results in $OUT/$MODE.md, $OUT/$MODE.json and $OUT/$MODE.svg ($((SECONDS - STARTED)) s)"
