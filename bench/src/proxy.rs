@@ -48,7 +48,9 @@ pub fn run(listen: &str, upstream: &str, counter_file: &Path) -> Result<(), Stri
     }
     for client in listener.incoming() {
         let Ok(client) = client else { continue };
-        let Ok(server) = TcpStream::connect(upstream) else { continue };
+        let Ok(server) = TcpStream::connect(upstream) else {
+            continue;
+        };
         let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
         let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {

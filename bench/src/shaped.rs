@@ -100,6 +100,9 @@ pub fn run(args: ShapedArgs) -> Result<(), String> {
         Ok::<(), String>(())
     })?;
     let (stats, _) = fs.engine_stats();
-    eprintln!("shaped: bytes_fetched={} prefetches={}", stats.bytes_fetched, stats.prefetches);
+    eprintln!(
+        "shaped: bytes_fetched={} prefetches={}",
+        stats.bytes_fetched, stats.prefetches
+    );
     Ok(())
 }

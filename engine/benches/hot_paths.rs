@@ -33,8 +33,7 @@ impl Driver {
         let id = RequestId(self.next);
         self.next += 1;
         self.engine.handle(Millis(0), id, request);
-        loop {
-            let Some(effect) = self.engine.poll_effect() else { break };
+        while let Some(effect) = self.engine.poll_effect() {
             match effect {
                 Effect::Io(command) => {
                     let completion = self.store.execute(command);
