@@ -67,10 +67,15 @@ cleanup() {
     while read -r mount_point; do
         fusermount3 -uz "$mount_point" 2>/dev/null || umount -l "$mount_point" 2>/dev/null
     done < <(awk -v dir="$WORK/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r)
+    # Only processes started here that still run what we started: pids get reused.
+    local live=()
     for pid in "${PIDS[@]}"; do
+        grep -qaE 'blobcache|rclone' "/proc/$pid/cmdline" 2>/dev/null && live+=("$pid")
+    done
+    for pid in "${live[@]}"; do
         kill "$pid" 2>/dev/null
     done
-    for pid in "${PIDS[@]}"; do
+    for pid in "${live[@]}"; do
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null
     done
