@@ -13,12 +13,13 @@ const SIDECAR_HEADER: &str = "blobcache-blocklist 1";
 /// The sidecar text for `blocks` recorded under `etag`, in the format the
 /// local backend writes.
 pub fn encode_sidecar(etag: &ETag, blocks: &[CommittedBlock]) -> String {
+    use std::fmt::Write as _;
     let mut text = format!("{SIDECAR_HEADER}\netag {}\n", etag.0);
     for block in blocks {
         for byte in &block.id.0 {
-            text.push_str(&format!("{byte:02x}"));
+            let _ = write!(text, "{byte:02x}");
         }
-        text.push_str(&format!(" {}\n", block.size));
+        let _ = writeln!(text, " {}", block.size);
     }
     text
 }

@@ -1,5 +1,5 @@
 //! Every fuzz target as a property test: first the committed seed corpus and
-//! the minimised inputs of past crashes (`fuzz/corpus/TARGET`,
+//! the minimised inputs of past crashes (`fuzz/seeds/TARGET`,
 //! `fuzz/regressions/TARGET`), then random inputs from bolero.
 //! `BLOBCACHE_FUZZ_ITERATIONS` changes the number of random inputs.
 
@@ -19,7 +19,7 @@ fn iterations(default: usize) -> usize {
 
 fn replay_saved(target: &str, run: fn(&[u8])) {
     let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
-    for kind in ["corpus", "regressions"] {
+    for kind in ["seeds", "regressions"] {
         let Ok(entries) = std::fs::read_dir(fuzz_dir.join(kind).join(target)) else {
             continue;
         };
