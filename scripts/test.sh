@@ -124,6 +124,40 @@ fi
 section "cargo test --workspace (unit and integration tests)"
 cargo test --workspace
 
+section "fuzz targets (cargo-fuzz, nightly, AddressSanitizer, ${BLOBCACHE_FUZZ_SECONDS:-60}s each)"
+# Each target starts from its committed seeds (fuzz/seeds) and the corpus
+# kept from earlier runs (fuzz/corpus, not committed). A crash fails the run
+# and leaves the input in fuzz/artifacts/TARGET.
+if ! command -v cargo-fuzz >/dev/null; then
+    cargo install cargo-fuzz --locked
+fi
+if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "the fuzz targets need the nightly toolchain (rustup toolchain install nightly)" >&2
+    exit 1
+fi
+FUZZ_SECONDS=${BLOBCACHE_FUZZ_SECONDS:-60}
+(
+    cd fuzz
+    # cargo-fuzz would put its build in fuzz/target; keep it with the rest.
+    export CARGO_TARGET_DIR=$TARGET_DIR/fuzz
+    cargo +nightly fuzz build
+    for target in $(cargo +nightly fuzz list); do
+        mkdir -p "corpus/$target"
+        echo "fuzzing $target for ${FUZZ_SECONDS}s"
+        log=$TARGET_DIR/fuzz/$target.log
+        status=0
+        cargo +nightly fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+            -max_total_time="$FUZZ_SECONDS" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 ||
+            status=$?
+        grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' "$log" || true
+        if [[ $status -ne 0 ]]; then
+            tail -n 60 "$log" >&2
+            echo "fuzz target $target failed (input kept in fuzz/artifacts/$target)" >&2
+            exit 1
+        fi
+    done
+)
+
 section "end-to-end tests ($BLOBCACHE_BIN)"
 # One test at a time: each mounts, and several 100 MiB copies at once would
 # only make the timings noisy on two cores. Each test bounds its own

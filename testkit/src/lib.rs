@@ -133,21 +133,25 @@ impl Store {
                 }
                 let mut data = vec![];
                 let mut blocks = vec![];
+                // Where each committed id starts (its first occurrence), so that
+                // lists of 50,000 blocks commit in linear time.
+                let mut committed: BTreeMap<&BlockId, (usize, usize)> = BTreeMap::new();
+                if let Some(blob) = current.as_ref() {
+                    let mut offset = 0usize;
+                    for (id, size) in &blob.blocks {
+                        committed.entry(id).or_insert((offset, *size as usize));
+                        offset += *size as usize;
+                    }
+                }
                 for block_id in &block_ids {
                     let bytes = if let Some(bytes) = self.staged.get(&(path.clone(), block_id.clone())) {
                         bytes.clone()
                     } else {
                         let blob = current.as_ref().expect("committed id of a missing blob");
-                        let mut offset = 0usize;
-                        let mut found = None;
-                        for (id, size) in &blob.blocks {
-                            if id == block_id {
-                                found = Some(blob.data[offset..offset + *size as usize].to_vec());
-                                break;
-                            }
-                            offset += *size as usize;
-                        }
-                        found.unwrap_or_else(|| panic!("commit names unknown block {block_id:?}"))
+                        let (offset, size) = committed
+                            .get(block_id)
+                            .unwrap_or_else(|| panic!("commit names unknown block {block_id:?}"));
+                        blob.data[*offset..offset + size].to_vec()
                     };
                     blocks.push((block_id.clone(), bytes.len() as u64));
                     data.extend_from_slice(&bytes);
@@ -271,6 +275,54 @@ impl Harness {
         self.engine.complete(Millis(self.now), completion);
         self.drain();
         true
+    }
+
+    /// Fails the pending command at `position` (modulo the queue length) with
+    /// `kind`, giving its buffer back; returns the command's path.
+    pub fn fail_at(&mut self, position: usize, kind: IoErrorKind) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let command = self.pending.remove(position % self.pending.len())?;
+        let path = command.path.clone();
+        let buffer = match command.kind {
+            IoKind::Fetch { buffer, .. } | IoKind::Stage { buffer, .. } => Some(buffer),
+            _ => None,
+        };
+        let completion = IoCompletion {
+            id: command.id,
+            buffer,
+            result: Err(IoError {
+                kind,
+                message: "injected".into(),
+            }),
+        };
+        self.engine.complete(Millis(self.now), completion);
+        self.drain();
+        Some(path)
+    }
+
+    /// Completes the pending command at `position` (modulo the queue length)
+    /// against the store, but if it is a fetch reports at most `max_bytes`
+    /// read, as a driver that loses the end of a response would. Returns the
+    /// command's path and whether the completion was cut short.
+    pub fn complete_short_at(&mut self, position: usize, max_bytes: usize) -> Option<(String, bool)> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let command = self.pending.remove(position % self.pending.len())?;
+        let path = command.path.clone();
+        let mut completion = self.store.execute(command);
+        let mut cut = false;
+        if let Ok(IoDone::Fetched { bytes }) = &mut completion.result {
+            if *bytes > max_bytes {
+                *bytes = max_bytes;
+                cut = true;
+            }
+        }
+        self.engine.complete(Millis(self.now), completion);
+        self.drain();
+        Some((path, cut))
     }
 
     pub fn run_io(&mut self) {

@@ -831,6 +831,19 @@ fn directory_conflict(name: &str) -> StorageError {
     StorageError::Conflict(format!("cannot store {name} as a file: it is a directory"))
 }
 
+/// Decodes the text of a block-list sidecar file: the committed blocks in
+/// order if the list was recorded for `etag`, `None` if it is stale. Public
+/// so that the decoder can be fuzzed on its own.
+pub fn decode_blocklist(text: &[u8], etag: &ETag) -> io::Result<Option<Vec<CommittedBlock>>> {
+    let blocks = parse_blocklist(text, etag)?;
+    Ok(blocks.map(|blocks| {
+        blocks
+            .into_iter()
+            .map(|b| CommittedBlock { id: b.id, size: b.size })
+            .collect()
+    }))
+}
+
 /// The recorded list if it belongs to `etag`; `None` if it is stale.
 fn parse_blocklist(reader: impl BufRead, etag: &ETag) -> io::Result<Option<Vec<PlacedBlock>>> {
     let malformed = |what: &str| io::Error::new(ErrorKind::InvalidData, what.to_owned());
