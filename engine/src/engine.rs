@@ -107,6 +107,8 @@ struct Handle {
     last_read_end: Option<u64>,
     /// Blocks to read ahead; grows while reads stay sequential.
     window: u32,
+    /// Reads in a row that continued the previous one.
+    streak: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -251,6 +253,9 @@ pub struct Engine {
 fn internal(what: impl Into<String>) -> EngineError {
     EngineError::Internal(what.into())
 }
+
+/// Adjacent reads in a row after which a reader counts as sequential.
+const SEQUENTIAL_STREAK: u32 = 2;
 
 /// Alignment of the range a random reader's miss fetches.
 const PARTIAL_FETCH_ALIGN: usize = 4096;
@@ -1816,6 +1821,7 @@ impl Engine {
                 writable: mode.write,
                 last_read_end: None,
                 window: 0,
+                streak: 0,
             },
         );
         let size = self.files.get(&file_id).map(|f| f.size).unwrap_or(0);
@@ -2005,11 +2011,10 @@ impl Engine {
         take_end: usize,
         block_len: u64,
     ) -> Result<Option<(usize, usize)>, EngineError> {
-        let sequential = self.handles.get(&handle).is_none_or(|state| {
-            state.window > 0
-                || state.last_read_end == Some(position)
-                || (state.last_read_end.is_none() && position == 0)
-        });
+        let sequential = self
+            .handles
+            .get(&handle)
+            .is_none_or(|state| state.window > 0 || (state.last_read_end.is_none() && position == 0));
         if sequential {
             return Ok(None);
         }
@@ -2050,7 +2055,12 @@ impl Engine {
             Some(previous) => offset <= previous && previous.saturating_sub(offset) < block_size || offset == previous,
             None => offset == 0,
         };
-        state.window = if sequential {
+        state.streak = if sequential { state.streak.saturating_add(1) } else { 0 };
+        // One adjacent read proves little (the kernel reads ahead next to a
+        // random read too): the window opens after a streak, or at once for
+        // a reader starting at the beginning of the file.
+        let opens = state.streak >= SEQUENTIAL_STREAK || (offset == 0 && state.streak > 0);
+        state.window = if opens {
             state
                 .window
                 .saturating_mul(2)

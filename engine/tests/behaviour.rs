@@ -457,3 +457,33 @@ fn writing_into_a_partly_fetched_block_reads_the_rest_first() {
     assert_eq!(h.store.data("w"), Some(&expected[..]));
     assert_eq!(h.read_all("w"), expected);
 }
+
+#[test]
+fn one_adjacent_read_does_not_make_a_random_reader_sequential() {
+    let block = 64 * 1024;
+    let mut h = Harness::new(block, 16);
+    let data = pattern(20 * block as usize, 6);
+    h.store.put_blob("k", data.clone());
+    let f = h.open("k", false, false);
+    // A random read and the kernel's read-ahead right after it.
+    let at = 5 * block + 1000;
+    assert_eq!(h.read(f, at, 4096), data[at as usize..at as usize + 4096].to_vec());
+    assert_eq!(
+        h.read(f, at + 4096, 4096),
+        data[at as usize + 4096..at as usize + 8192].to_vec()
+    );
+    h.run_io();
+    assert_eq!(h.engine.stats().prefetches, 0);
+    assert!(h.engine.stats().bytes_fetched <= 3 * 8192);
+    // A reader that keeps going is sequential: whole blocks and read-ahead.
+    for step in 2..6 {
+        let offset = at + step * 4096;
+        assert_eq!(
+            h.read(f, offset, 4096),
+            data[offset as usize..offset as usize + 4096].to_vec()
+        );
+    }
+    h.run_io();
+    assert!(h.engine.stats().prefetches > 0);
+    h.release(f);
+}
