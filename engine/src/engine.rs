@@ -870,10 +870,10 @@ impl Engine {
                             complete = false;
                             to_refetch.push(index);
                         } else {
+                            // Staged even when pinned: a request waiting on
+                            // it then waits for the upload, never the reverse.
                             complete = false;
-                            if block.pins == 0 {
-                                to_stage.push(index);
-                            }
+                            to_stage.push(index);
                         }
                     }
                 },
@@ -2161,6 +2161,35 @@ impl Engine {
         if file.commit != CommitPhase::Idle || file.background_stages >= max_background_stages(&self.config) {
             return Ok(Step::WaitIo);
         }
+        if *done == 0 {
+            // A block that exists only as an uncommitted staged block must be
+            // committed before it can be read back; do that before storing a
+            // byte, so that no commit ever holds half of this write.
+            let first = div(offset, block_size)?;
+            let last = div(write_end.saturating_sub(1), block_size)?;
+            let size = file.size;
+            let mut needs_commit = false;
+            for (&index, block) in file.blocks.range(first..=last) {
+                if !matches!(block.state, BlockState::Staged) {
+                    continue;
+                }
+                let block_start = mul(index, block_size)?;
+                let block_end = add(block_start, self.block_len(size, index)?)?;
+                let covered = offset <= block_start && write_end >= block_end;
+                needs_commit |= !covered;
+            }
+            if needs_commit {
+                // The commit may need the block this request waited on.
+                let pinned = op.pinned.take();
+                self.unpin(pinned);
+                self.request_commit(file_id)?;
+                return Ok(Step::WaitIo);
+            }
+        }
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("handle of an unknown file"))?;
         let size_before = file.size;
         if *done == 0 && offset > size_before {
             // Writing past the end: the gap becomes zeros first.
