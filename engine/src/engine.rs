@@ -1714,6 +1714,11 @@ impl Engine {
     }
 
     fn step_open(&mut self, path: &str, mode: OpenMode, mtime_ns: u64) -> Result<Step, EngineError> {
+        if self.shutting_down {
+            // An open still waiting when shutdown began would leave a
+            // handle nobody releases.
+            return Err(EngineError::ShuttingDown);
+        }
         let now = self.now;
         let file_id = match self.paths.get(path) {
             Some(&id) => id,
