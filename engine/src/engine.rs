@@ -1172,6 +1172,19 @@ impl Engine {
         }
     }
 
+    /// Makes a request hold a pin on block `index`, giving back a pin it
+    /// may still hold on another block.
+    fn pin_block(&mut self, pinned: &mut Option<(FileId, u64)>, file_id: FileId, index: u64) {
+        if *pinned == Some((file_id, index)) {
+            return;
+        }
+        self.unpin(pinned.take());
+        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
+            block.pins = block.pins.saturating_add(1);
+            *pinned = Some((file_id, index));
+        }
+    }
+
     fn unpin(&mut self, pinned: Option<(FileId, u64)>) {
         if let Some((file_id, index)) = pinned {
             if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
@@ -1893,12 +1906,7 @@ impl Engine {
                     // The buffer holds another part of this block.
                     let range = self.miss_range(handle, position, within, take_end, block_len)?;
                     self.refetch(file_id, index, range)?;
-                    if op.pinned.is_none() {
-                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
-                            block.pins = block.pins.saturating_add(1);
-                        }
-                        op.pinned = Some((file_id, index));
-                    }
+                    self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
                 }
                 Some(BlockState::Ready(buffer)) => {
@@ -1918,12 +1926,7 @@ impl Engine {
                     }
                 }
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
-                    if op.pinned.is_none() {
-                        op.pinned = Some((file_id, index));
-                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
-                            block.pins = block.pins.saturating_add(1);
-                        }
-                    }
+                    self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
                 }
                 Some(BlockState::Staged) => {
@@ -1965,10 +1968,7 @@ impl Engine {
                     };
                     op.deadline = None;
                     self.fetch_block(file_id, index, buffer, range, Priority::Demand)?;
-                    if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
-                        block.pins = block.pins.saturating_add(1);
-                    }
-                    op.pinned = Some((file_id, index));
+                    self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
                 }
             }
@@ -2221,22 +2221,12 @@ impl Engine {
                 Some(BlockState::Ready(_)) if file.blocks.get(&index).is_some_and(|b| b.partial.is_some()) => {
                     // Writing needs the whole block in memory.
                     self.refetch(file_id, index, None)?;
-                    if op.pinned.is_none() {
-                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
-                            block.pins = block.pins.saturating_add(1);
-                        }
-                        op.pinned = Some((file_id, index));
-                    }
+                    self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
                 }
                 Some(BlockState::Ready(_)) => {}
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
-                    if op.pinned.is_none() {
-                        op.pinned = Some((file_id, index));
-                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
-                            block.pins = block.pins.saturating_add(1);
-                        }
-                    }
+                    self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
                 }
                 Some(BlockState::Staged) => {
@@ -2278,10 +2268,7 @@ impl Engine {
                     op.deadline = None;
                     if has_remote && !covers_remote {
                         self.fetch_block(file_id, index, buffer, None, Priority::Demand)?;
-                        if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
-                            block.pins = block.pins.saturating_add(1);
-                        }
-                        op.pinned = Some((file_id, index));
+                        self.pin_block(&mut op.pinned, file_id, index);
                         return Ok(Step::WaitIo);
                     }
                     // Only the bytes the write does not cover need zeros.
