@@ -224,11 +224,10 @@ impl Progress {
     }
 }
 
-/// Seeds of `sim/known_failures.txt` for the given scenario (`None`: the
-/// plain world): failures of open bugs, reported on every run.
-fn known_failures(scenario: Option<&str>) -> Result<Vec<u64>, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/known_failures.txt");
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+/// The `SEED [SCENARIO]  # why` lines of a seed list in `sim/`.
+fn seed_list(file: &str) -> Result<Vec<(u64, Option<String>)>, String> {
+    let path = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
     let mut seeds = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -240,11 +239,19 @@ fn known_failures(scenario: Option<&str>) -> Result<Vec<u64>, String> {
             .next()
             .and_then(|w| w.parse().ok())
             .ok_or_else(|| format!("{path}: bad line {line}"))?;
-        if words.next() == scenario {
-            seeds.push(seed);
-        }
+        seeds.push((seed, words.next().map(str::to_string)));
     }
     Ok(seeds)
+}
+
+/// Seeds of `sim/known_failures.txt` for the given scenario (`None`: the
+/// plain world): failures of open bugs, reported on every run.
+fn known_failures(scenario: Option<&str>) -> Result<Vec<u64>, String> {
+    Ok(seed_list("known_failures.txt")?
+        .into_iter()
+        .filter(|(_, s)| s.as_deref() == scenario)
+        .map(|(seed, _)| seed)
+        .collect())
 }
 
 fn run_seeds(seeds: &[u64], jobs: usize, spec: &RunSpec, flags: &str, known: &[u64]) -> bool {
@@ -336,22 +343,10 @@ fn determinism(seeds: &[u64], jobs: usize) -> bool {
 }
 
 fn regressions(jobs: usize, allow_known: bool) -> Result<bool, String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/regressions.txt");
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     let mut ok = true;
     let mut groups: std::collections::BTreeMap<String, Vec<u64>> = std::collections::BTreeMap::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let mut words = line.split_whitespace();
-        let seed: u64 = words
-            .next()
-            .and_then(|w| w.parse().ok())
-            .ok_or_else(|| format!("{path}: bad line {line}"))?;
-        let scenario = words.next().unwrap_or("").to_string();
-        groups.entry(scenario).or_default().push(seed);
+    for (seed, scenario) in seed_list("regressions.txt")? {
+        groups.entry(scenario.unwrap_or_default()).or_default().push(seed);
     }
     for (scenario, seeds) in groups {
         let name = (!scenario.is_empty()).then_some(scenario.clone());
