@@ -933,23 +933,7 @@ impl Engine {
                 // A hole: its content is zeros, no need to read anything.
                 let len = to_usize(self.block_len(file.size, index)?)?;
                 zero(&mut buffer, 0, len)?;
-                let last_use = self.touch();
-                let file = self
-                    .files
-                    .get_mut(&file_id)
-                    .ok_or_else(|| internal("commit of an unknown file"))?;
-                file.blocks.insert(
-                    index,
-                    Block {
-                        state: BlockState::Ready(buffer),
-                        dirty: true,
-                        staged: None,
-                        pins: 0,
-                        last_use,
-                        prefetched: false,
-                        partial: None,
-                    },
-                );
+                self.insert_dirty_block(file_id, index, buffer)?;
                 self.stage_block(file_id, index, Priority::Demand)?;
             } else {
                 self.fetch_block(file_id, index, buffer, None, Priority::Demand)?;
@@ -1170,6 +1154,28 @@ impl Engine {
             self.unpin(op.pinned);
             self.reply(op.request, Err(EngineError::Internal(message.clone())));
         }
+    }
+
+    /// Puts `buffer` in as the dirty, in-memory content of block `index`.
+    /// Requests still pinning an entry it replaces (a staged-only block)
+    /// keep their pins.
+    fn insert_dirty_block(&mut self, file_id: FileId, index: u64, buffer: Vec<u8>) -> Result<(), EngineError> {
+        let last_use = self.touch();
+        let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
+        let pins = file.blocks.get(&index).map_or(0, |b| b.pins);
+        file.blocks.insert(
+            index,
+            Block {
+                state: BlockState::Ready(buffer),
+                dirty: true,
+                staged: None,
+                pins,
+                last_use,
+                prefetched: false,
+                partial: None,
+            },
+        );
+        Ok(())
     }
 
     /// Makes a request hold a pin on block `index`, giving back a pin it
@@ -2240,22 +2246,7 @@ impl Engine {
                         self.start_write_back()?;
                         return Ok(Step::WaitBuffer);
                     };
-                    let last_use = self.touch();
-                    let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
-                    // Requests still pinning the staged block keep their pins.
-                    let pins = file.blocks.get(&index).map_or(0, |b| b.pins);
-                    file.blocks.insert(
-                        index,
-                        Block {
-                            state: BlockState::Ready(buffer),
-                            dirty: true,
-                            staged: None,
-                            pins,
-                            last_use,
-                            prefetched: false,
-                            partial: None,
-                        },
-                    );
+                    self.insert_dirty_block(file_id, index, buffer)?;
                 }
                 None => {
                     let remote_end = file.remote_len.min(add(block_start, current_len)?);
@@ -2274,20 +2265,7 @@ impl Engine {
                     // Only the bytes the write does not cover need zeros.
                     zero(&mut buffer, 0, to_usize(within)?)?;
                     zero(&mut buffer, to_usize(sub(chunk_end, block_start)?)?, to_usize(new_len)?)?;
-                    let last_use = self.touch();
-                    let file = self.files.get_mut(&file_id).ok_or_else(|| internal("unknown file"))?;
-                    file.blocks.insert(
-                        index,
-                        Block {
-                            state: BlockState::Ready(buffer),
-                            dirty: true,
-                            staged: None,
-                            pins: 0,
-                            last_use,
-                            prefetched: false,
-                            partial: None,
-                        },
-                    );
+                    self.insert_dirty_block(file_id, index, buffer)?;
                 }
             }
             if op.pinned.is_some() {
