@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime};
 /// Metadata that marks a directory (as blobfuse2 writes it).
 const DIR_MARKER_KEY: &str = "hdi_isfolder";
 const CHECK_ACCESS_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_BLOCK_ID_LEN: usize = 64;
 
 /// How to reach a container.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -224,12 +223,7 @@ fn if_match(condition: &Condition) -> Option<IfMatchCondition> {
 fn check_ids(name: &str, blocks: &[BlockId]) -> StorageResult<()> {
     let first_len = blocks.first().map(|id| id.0.len());
     for id in blocks {
-        if id.0.is_empty() || id.0.len() > MAX_BLOCK_ID_LEN {
-            return Err(StorageError::Invalid(format!(
-                "block id must be 1 to {MAX_BLOCK_ID_LEN} bytes, got {}",
-                id.0.len()
-            )));
-        }
+        super::check_block_id(id)?;
         if Some(id.0.len()) != first_len {
             return Err(StorageError::Invalid(format!(
                 "block ids of different lengths ({} and {}) for {name}",

@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const META_DIR: &str = ".blobcache";
-const MAX_BLOCK_ID_LEN: usize = 64;
 const MAX_BLOCKS_PER_BLOB: usize = 50_000;
 /// Longest hex run kept in one path component (file names are limited to
 /// 255 bytes); longer encoded names are split into several directories.
@@ -117,16 +116,6 @@ fn check_name(name: &str) -> StorageResult<()> {
         .any(|part| part.is_empty() || part == "." || part == "..")
     {
         return invalid("has an empty, `.` or `..` path component");
-    }
-    Ok(())
-}
-
-fn check_id(id: &BlockId) -> StorageResult<()> {
-    if id.0.is_empty() || id.0.len() > MAX_BLOCK_ID_LEN {
-        return Err(StorageError::Invalid(format!(
-            "block id must be 1 to {MAX_BLOCK_ID_LEN} bytes, got {}",
-            id.0.len()
-        )));
     }
     Ok(())
 }
@@ -476,7 +465,7 @@ impl Inner {
 
     fn put_block(&self, name: &str, id: &BlockId, data: &[u8]) -> StorageResult<()> {
         let path = self.blob_path(name)?;
-        check_id(id)?;
+        super::check_block_id(id)?;
         let mut temp = self.temp_file()?;
         temp.file()?
             .write_all(data)
@@ -508,7 +497,7 @@ impl Inner {
             )));
         }
         for id in blocks {
-            check_id(id)?;
+            super::check_block_id(id)?;
         }
         if let Some(first) = blocks.first() {
             if let Some(other) = blocks.iter().find(|id| id.0.len() != first.0.len()) {

@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-/// Azure refuses block ids longer than this (before base64 encoding).
-const MAX_BLOCK_ID_LEN: usize = 64;
 /// Azure refuses block lists longer than this.
 const MAX_BLOCKS_PER_BLOB: usize = 50_000;
 
@@ -143,16 +141,6 @@ fn check_name(name: &str) -> StorageResult<()> {
     Ok(())
 }
 
-fn check_id(id: &BlockId) -> StorageResult<()> {
-    if id.0.is_empty() || id.0.len() > MAX_BLOCK_ID_LEN {
-        return Err(StorageError::Invalid(format!(
-            "block id must be 1 to {MAX_BLOCK_ID_LEN} bytes, got {}",
-            id.0.len()
-        )));
-    }
-    Ok(())
-}
-
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
@@ -266,7 +254,7 @@ impl BlobStore for MemoryStore {
 
     async fn put_block(&self, name: &str, id: &BlockId, data: Bytes) -> StorageResult<()> {
         check_name(name)?;
-        check_id(id)?;
+        super::check_block_id(id)?;
         self.before(data.len()).await;
         {
             let mut state = self.lock();

@@ -110,6 +110,20 @@ impl StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// Longest block id the service accepts, in bytes before encoding.
+const MAX_BLOCK_ID_LEN: usize = 64;
+
+/// Refuses block ids the service would refuse, as every backend must.
+fn check_block_id(id: &BlockId) -> StorageResult<()> {
+    if id.0.is_empty() || id.0.len() > MAX_BLOCK_ID_LEN {
+        return Err(StorageError::Invalid(format!(
+            "block id must be 1 to {MAX_BLOCK_ID_LEN} bytes, got {}",
+            id.0.len()
+        )));
+    }
+    Ok(())
+}
+
 /// What the cache needs from a blob container. Blob names use `/` as the
 /// directory separator and never start with `/`.
 #[async_trait]
