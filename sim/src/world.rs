@@ -439,6 +439,9 @@ impl Client {
                         if !n.states.contains(&None) {
                             self.world.fail(format!("{}: {path} vanished from storage", self.name));
                         }
+                        // The path is free for a new file now; this node must not
+                        // be checked against whatever that file commits.
+                        self.nodes[node].path = None;
                         self.paths.remove(&slot);
                     }
                     Err(_) => {}
