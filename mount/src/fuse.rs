@@ -10,8 +10,9 @@ use crate::fs::{self, FileKind, FsError, OpenOptions};
 use crate::shell::BlobFs;
 use fuser::{
     Config, Errno, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, MountOption,
-    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session, SessionACL, SessionUnmounter, TimeOrNow, WriteFlags,
+    Notifier, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, Session, SessionACL, SessionUnmounter, TimeOrNow,
+    WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -20,7 +21,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -248,6 +249,14 @@ struct Inner {
     inodes: Mutex<InodeTable>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
     next_dir_handle: AtomicU64,
+    /// The size of each file as last told to the kernel, which trusts it for
+    /// the attribute timeout and stops reads there. When a file turns out to
+    /// have another size in storage (another client replaced it), the
+    /// kernel must be told, or a reader gets the new content cut to the old
+    /// length.
+    told_sizes: Mutex<HashMap<u64, u64>>,
+    /// Set once the session exists; notifications need its channel.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -274,6 +283,9 @@ fn handle(fh: fuser::FileHandle) -> fs::FileHandle {
 
 impl Inner {
     fn attr(&self, ino: u64, attr: &fs::FileAttr) -> fuser::FileAttr {
+        if attr.kind == FileKind::File && ino != 0 {
+            lock(&self.told_sizes).insert(ino, attr.size);
+        }
         let (kind, perm, nlink) = match attr.kind {
             FileKind::File => (FileType::RegularFile, FILE_PERM, 1),
             FileKind::Directory => (FileType::Directory, DIR_PERM, 2),
@@ -359,6 +371,40 @@ impl Inner {
         Ok(Arc::new(entries))
     }
 
+    /// Tells the kernel to drop its attributes of `ino` when the open file's
+    /// size differs from the one it was told. Only attributes are dropped
+    /// (offset -1): that takes no page lock, so it is safe while reads of
+    /// the same file are in flight.
+    fn reconcile_size(&self, ino: u64, path: &str) {
+        let Some(size) = self.fs.open_file_size(path) else {
+            return;
+        };
+        let told = lock(&self.told_sizes).insert(ino, size);
+        if told.is_none_or(|told| told == size) {
+            return;
+        }
+        tracing::debug!(
+            path,
+            ?told,
+            size,
+            "size changed in storage; kernel attributes invalidated"
+        );
+        if let Some(notifier) = self.notifier.get() {
+            if let Err(error) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::debug!(path, %error, "attribute invalidation refused");
+            }
+        }
+    }
+
+    /// The kernel extends its size of a file on writes past the end.
+    fn wrote(&self, ino: u64, offset: u64, written: u32) {
+        let end = offset.saturating_add(u64::from(written));
+        let mut told = lock(&self.told_sizes);
+        if let Some(size) = told.get_mut(&ino) {
+            *size = (*size).max(end);
+        }
+    }
+
     async fn open_existing(&self, path: &str, flags: i32) -> Result<fs::FileHandle, FsError> {
         let access = OpenFlags(flags).acc_mode();
         let options = OpenOptions {
@@ -376,7 +422,7 @@ pub struct BlobFuse {
 }
 
 impl BlobFuse {
-    pub fn new(fs: Arc<BlobFs>, runtime: Handle, options: FuseOptions) -> BlobFuse {
+    pub fn new(fs: Arc<BlobFs>, runtime: Handle, options: FuseOptions, notifier: Arc<OnceLock<Notifier>>) -> BlobFuse {
         BlobFuse {
             inner: Arc::new(Inner {
                 fs,
@@ -385,6 +431,8 @@ impl BlobFuse {
                 inodes: Mutex::new(InodeTable::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_dir_handle: AtomicU64::new(1),
+                told_sizes: Mutex::new(HashMap::new()),
+                notifier,
             }),
         }
     }
@@ -587,7 +635,10 @@ impl Filesystem for BlobFuse {
         };
         self.spawn(|inner| async move {
             match inner.open_existing(&path, flags.0).await {
-                Ok(fh) => reply.opened(fuser::FileHandle(fh.0), FopenFlags::empty()),
+                Ok(fh) => {
+                    inner.reconcile_size(ino.0, &path);
+                    reply.opened(fuser::FileHandle(fh.0), FopenFlags::empty())
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -596,7 +647,7 @@ impl Filesystem for BlobFuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: fuser::FileHandle,
         offset: u64,
         size: u32,
@@ -606,7 +657,13 @@ impl Filesystem for BlobFuse {
     ) {
         self.spawn(|inner| async move {
             match inner.fs.read(handle(fh), offset, size).await {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    // A read may have found a newer version in storage.
+                    if let Ok(path) = lock(&inner.inodes).path(ino.0) {
+                        inner.reconcile_size(ino.0, &path);
+                    }
+                    reply.data(&data)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -615,7 +672,7 @@ impl Filesystem for BlobFuse {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: fuser::FileHandle,
         offset: u64,
         data: &[u8],
@@ -627,7 +684,10 @@ impl Filesystem for BlobFuse {
         let data = data.to_vec();
         self.spawn(|inner| async move {
             match inner.fs.write(handle(fh), offset, data).await {
-                Ok(written) => reply.written(written),
+                Ok(written) => {
+                    inner.wrote(ino.0, offset, written);
+                    reply.written(written)
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -849,8 +909,10 @@ pub fn mount(fs: Arc<BlobFs>, runtime: Handle, options: FuseOptions, mountpoint:
     config.n_threads = Some(options.worker_threads.max(1));
     config.clone_fd = true;
 
-    let adapter = BlobFuse::new(fs, runtime, options);
+    let notifier = Arc::new(OnceLock::new());
+    let adapter = BlobFuse::new(fs, runtime, options, notifier.clone());
     let mut session = Session::new(adapter, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     let unmounter = session.unmount_callable();
     let (done, ended) = oneshot::channel();
     let thread = std::thread::Builder::new()

@@ -557,6 +557,12 @@ impl BlobFs {
         lock(&self.inner.attrs).retain(|path, _| !path.starts_with(prefix));
     }
 
+    /// The size of a file held by the cache, as reads and writes see it;
+    /// `None` when the cache holds no such file. Answered without storage.
+    pub fn open_file_size(&self, path: &str) -> Option<u64> {
+        lock(&self.inner.state).engine.attr(path).map(|attr| attr.size)
+    }
+
     fn live_attr(&self, path: &str) -> Option<FileAttr> {
         lock(&self.inner.state).engine.attr(path).map(|attr| FileAttr {
             kind: FileKind::File,

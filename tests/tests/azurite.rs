@@ -32,6 +32,18 @@ fn eviction_under_pressure() {
     scenarios::eviction_under_pressure(&Backend::azurite("pressure"));
 }
 
+#[test]
+#[ignore = "end-to-end: mounts $BLOBCACHE_BIN over Azurite as root; run scripts/test.sh"]
+fn reported_cases() {
+    reported::reported_cases(&Backend::azurite("reported"));
+}
+
+#[test]
+#[ignore = "end-to-end: mounts $BLOBCACHE_BIN over Azurite as root; run scripts/test.sh"]
+fn second_mount_sees_whole_versions() {
+    reported::second_mount_sees_whole_versions(&Backend::azurite("two-mounts"));
+}
+
 /// Fails unless `name` is laid out the way blobfuse2 lays out blobs: every
 /// block but the last exactly `block_size`, the last not empty and not
 /// larger, all block ids of one length, sizes adding up to the content.

@@ -25,3 +25,15 @@ fn namespace_and_data_operations() {
 fn eviction_under_pressure() {
     scenarios::eviction_under_pressure(&Backend::local());
 }
+
+#[test]
+#[ignore = "end-to-end: mounts $BLOBCACHE_BIN as root; run scripts/test.sh"]
+fn reported_cases() {
+    common::reported::reported_cases(&Backend::local());
+}
+
+#[test]
+#[ignore = "end-to-end: mounts $BLOBCACHE_BIN as root; run scripts/test.sh"]
+fn second_mount_sees_whole_versions() {
+    common::reported::second_mount_sees_whole_versions(&Backend::local());
+}

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod reported;
 pub mod scenarios;
 
 use std::collections::BTreeMap;
@@ -592,7 +593,23 @@ impl Backend {
     /// flags and the Azurite one with a blobfuse2-style config file, so that
     /// both ways of configuring are exercised.
     pub fn mount(&self, cache: &CacheConfig) -> Mount {
+        self.mount_with(cache, "")
+    }
+
+    /// Mounts with `extra_yaml` (more config sections, e.g. `libfuse:`)
+    /// added to the config. The local backend then also gets a config file.
+    pub fn mount_with(&self, cache: &CacheConfig, extra_yaml: &str) -> Mount {
         match self {
+            Backend::Local { dir } if !extra_yaml.is_empty() => {
+                let (config_dir, config_file) = write_config(&format!("{}{extra_yaml}", cache.yaml()));
+                let args = vec![
+                    OsString::from("--local-dir"),
+                    dir.path().into(),
+                    "--config-file".into(),
+                    config_file.into(),
+                ];
+                Mount::new(args, Some(config_dir))
+            }
             Backend::Local { dir } => {
                 let args = vec![
                     OsString::from("--local-dir"),
@@ -609,7 +626,7 @@ impl Backend {
                 Mount::new(args, None)
             }
             Backend::Azurite(az) => {
-                let yaml = format!("{}{}", cache.yaml(), az.azstorage_yaml(azure::ACCOUNT_KEY));
+                let yaml = format!("{}{extra_yaml}{}", cache.yaml(), az.azstorage_yaml(azure::ACCOUNT_KEY));
                 let (config_dir, config_file) = write_config(&yaml);
                 Mount::new(vec!["--config-file".into(), config_file.into()], Some(config_dir))
             }
