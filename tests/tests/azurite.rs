@@ -44,6 +44,12 @@ fn second_mount_sees_whole_versions() {
     reported::second_mount_sees_whole_versions(&Backend::azurite("two-mounts"));
 }
 
+#[test]
+#[ignore = "end-to-end: mounts $BLOBCACHE_BIN over Azurite as root; run scripts/test.sh"]
+fn parallel_writers_under_pressure() {
+    reported::parallel_writers_under_pressure(&Backend::azurite("parallel"));
+}
+
 /// Fails unless `name` is laid out the way blobfuse2 lays out blobs: every
 /// block but the last exactly `block_size`, the last not empty and not
 /// larger, all block ids of one length, sizes adding up to the content.

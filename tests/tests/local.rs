@@ -37,3 +37,9 @@ fn reported_cases() {
 fn second_mount_sees_whole_versions() {
     common::reported::second_mount_sees_whole_versions(&Backend::local());
 }
+
+#[test]
+#[ignore = "end-to-end: mounts $BLOBCACHE_BIN as root; run scripts/test.sh"]
+fn parallel_writers_under_pressure() {
+    common::reported::parallel_writers_under_pressure(&Backend::local());
+}
