@@ -100,6 +100,26 @@ impl LocalStore {
     }
 }
 
+/// How much one blocking read task reads at a time.
+const READ_PIECE: usize = 1 << 20;
+
+/// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
+fn read_full_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut filled = 0usize;
+    while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
+        let at = offset.saturating_add(u64::try_from(filled).unwrap_or(u64::MAX));
+        match file.read_at(rest, at) {
+            Ok(0) => break,
+            Ok(n) => filled = filled.saturating_add(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
 fn check_name(name: &str) -> StorageResult<()> {
     let invalid = |why: &str| Err(StorageError::Invalid(format!("blob name {name:?} {why}")));
     if name.is_empty() {
@@ -718,7 +738,11 @@ impl Inner {
             .collect())
     }
 
-    fn read_range(&self, name: &str, offset: u64, len: usize, condition: &Condition) -> StorageResult<Vec<u8>> {
+    /// Opens a blob for reading if it meets `condition`; `None` for a
+    /// directory marker, which has no content. Reads through the returned
+    /// file see the version that was checked, even if the blob is replaced
+    /// meanwhile (commits rename a new file over the name).
+    fn open_for_read(&self, name: &str, condition: &Condition) -> StorageResult<Option<(File, u64)>> {
         let path = self.blob_path(name)?;
         let file = match File::open(&path) {
             Ok(file) => Some(file),
@@ -737,23 +761,9 @@ impl Inner {
             return Err(StorageError::NotFound(name.to_owned()));
         };
         if meta.is_dir() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let available = meta.len().saturating_sub(offset);
-        let want = usize::try_from(available).unwrap_or(usize::MAX).min(len);
-        let mut buf = vec![0u8; want];
-        let mut filled = 0usize;
-        while let Some(rest) = buf.get_mut(filled..).filter(|r| !r.is_empty()) {
-            let at = offset.saturating_add(u64::try_from(filled).unwrap_or(u64::MAX));
-            match file.read_at(rest, at) {
-                Ok(0) => break,
-                Ok(n) => filled = filled.saturating_add(n),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_error("cannot read", &path, &e)),
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
+        Ok(Some((file, meta.len())))
     }
 
     fn list(&self, prefix: &str) -> StorageResult<Listing> {
@@ -880,17 +890,36 @@ impl BlobStore for LocalStore {
     }
 
     async fn read_range(&self, name: &str, offset: u64, buf: &mut [u8], condition: &Condition) -> StorageResult<usize> {
-        let name = name.to_owned();
+        let owned_name = name.to_owned();
         let condition = condition.clone();
-        let len = buf.len();
-        let data = self
-            .blocking(move |s| s.read_range(&name, offset, len, &condition))
-            .await?;
-        let dest = buf
-            .get_mut(..data.len())
-            .ok_or_else(|| StorageError::Other("read longer than the buffer".to_owned()))?;
-        dest.copy_from_slice(&data);
-        Ok(data.len())
+        let Some((file, len)) = self.blocking(move |s| s.open_for_read(&owned_name, &condition)).await? else {
+            return Ok(0);
+        };
+        let file = Arc::new(file);
+        let available = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let want = available.min(buf.len());
+        // Read in pieces: a blocking task cannot borrow `buf`, and a
+        // whole-block staging copy would double the memory of every fetch.
+        let mut filled = 0usize;
+        while filled < want {
+            let piece = want.saturating_sub(filled).min(READ_PIECE);
+            let at = offset.saturating_add(u64::try_from(filled).unwrap_or(u64::MAX));
+            let source = Arc::clone(&file);
+            let path = self.inner.root.join(name);
+            let data = self
+                .blocking(move |_| read_full_at(&source, at, piece).map_err(|e| io_error("cannot read", &path, &e)))
+                .await?;
+            let end = filled.saturating_add(data.len());
+            let dest = buf
+                .get_mut(filled..end)
+                .ok_or_else(|| StorageError::Other("read longer than the buffer".to_owned()))?;
+            dest.copy_from_slice(&data);
+            filled = end;
+            if data.len() < piece {
+                break;
+            }
+        }
+        Ok(filled)
     }
 
     async fn put_block(&self, name: &str, id: &BlockId, data: Bytes) -> StorageResult<()> {
