@@ -232,6 +232,23 @@ impl Client {
         }
     }
 
+    /// Traces where the bytes of a stored blob and of the versions the model
+    /// allows come from.
+    fn explain(&self, path: &str, stored: Option<&[u8]>, versions: &[Option<Vec<u8>>]) {
+        let tags = self.world.next_tag.load(Ordering::Relaxed);
+        self.world
+            .event(|| format!("{}: {path} in the store: {}", self.name, provenance(stored, tags)));
+        for (i, version) in versions.iter().enumerate() {
+            self.world.event(|| {
+                format!(
+                    "{}: {path} version {i} of the model: {}",
+                    self.name,
+                    provenance(version.as_deref(), tags)
+                )
+            });
+        }
+    }
+
     async fn store_content(&self, path: &str) -> Option<Vec<u8>> {
         self.world.store.content(path).await
     }
@@ -247,6 +264,7 @@ impl Client {
         let stored = self.store_content(&path).await;
         let expected = Some(self.nodes[node].content.clone());
         if stored != expected {
+            self.explain(&path, stored.as_deref(), std::slice::from_ref(&expected));
             let first = match (&stored, &expected) {
                 (Some(a), Some(b)) => a.iter().zip(b).position(|(x, y)| x != y),
                 _ => None,
@@ -273,6 +291,7 @@ impl Client {
         }
         let stored = self.store_content(&path).await;
         if !self.nodes[node].states.contains(&stored) {
+            self.explain(&path, stored.as_deref(), &self.nodes[node].states);
             self.world.fail(format!(
                 "{}: after a failed {what} of {path} the store holds {}, none of the {} versions it may hold",
                 self.name,
@@ -924,6 +943,7 @@ impl Client {
             }
             let stored = self.store_content(path).await;
             if !n.states.contains(&stored) {
+                self.explain(path, stored.as_deref(), &n.states);
                 self.world.fail(format!(
                     "{}: after unmount the store holds {} for {path}, none of the {} versions it may hold",
                     self.name,
@@ -933,6 +953,47 @@ impl Client {
             }
         }
     }
+}
+
+/// Which write put each byte of `content` there, as runs `start..end:tag`
+/// (`0` for zeros), choosing at each offset the tag that explains the
+/// longest run: enough to tell a torn or stale commit from a missing
+/// version when a durability check fails.
+fn provenance(content: Option<&[u8]>, tags: u64) -> String {
+    let Some(data) = content else {
+        return "no blob".into();
+    };
+    let mut runs = Vec::new();
+    let mut at = 0;
+    while at < data.len() {
+        let run_of = |tag: u64| {
+            data[at..]
+                .iter()
+                .enumerate()
+                .take_while(|(i, b)| {
+                    let offset = (at + i) as u64;
+                    if tag == 0 {
+                        **b == 0
+                    } else {
+                        **b == pattern(tag, offset)
+                    }
+                })
+                .count()
+        };
+        let (tag, len) = (0..tags)
+            .map(|tag| (tag, run_of(tag)))
+            .max_by_key(|(tag, len)| (*len, std::cmp::Reverse(*tag)))
+            .unwrap_or((0, 0));
+        let len = len.max(1);
+        let label = if run_of(tag) == 0 {
+            "?".to_string()
+        } else {
+            tag.to_string()
+        };
+        runs.push(format!("{at}..{}:{label}", at + len));
+        at += len;
+    }
+    runs.join(" ")
 }
 
 fn describe(content: Option<&[u8]>) -> String {
