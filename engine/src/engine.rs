@@ -2239,6 +2239,13 @@ impl Engine {
                     self.unpin(op.pinned.take());
                     let covers_all = within == 0 && sub(chunk_end, block_start)? >= current_len;
                     if !covers_all {
+                        if *done > 0 {
+                            // Evicted since the check above, while this write
+                            // ran: a commit now would hold part of it, so the
+                            // write ends short, as POSIX allows, and the
+                            // caller's next write commits before storing.
+                            return Ok(Step::Done(Ok(Reply::Written(u32::try_from(*done).unwrap_or(u32::MAX)))));
+                        }
                         self.request_commit(file_id)?;
                         return Ok(Step::WaitIo);
                     }

@@ -487,3 +487,43 @@ fn one_adjacent_read_does_not_make_a_random_reader_sequential() {
     assert!(h.engine.stats().prefetches > 0);
     h.release(f);
 }
+
+#[test]
+fn a_block_evicted_to_staged_during_a_write_never_commits_half_of_it() {
+    let mut config = EngineConfig::new(BS, 2);
+    config.prefetch_blocks = 0;
+    let mut h = Harness::with_config(config);
+    let f = h.open("t", true, true);
+    // Block 1 is written whole and staged, but not committed; block 2 is
+    // dirty; block 0 is a hole. Both buffers are held.
+    h.write(f, 100, &pattern(100, 1));
+    h.run_io();
+    h.write(f, 250, &pattern(10, 2));
+    let mut before = vec![0; 260];
+    before[100..200].copy_from_slice(&pattern(100, 1));
+    before[250..260].copy_from_slice(&pattern(10, 2));
+    // The write needs a buffer for block 0, which evicts the staged block 1
+    // it also covers in part.
+    let data = pattern(100, 3);
+    let written = match h.call(Request::Write {
+        handle: f,
+        offset: 50,
+        data: data.clone(),
+        mtime_ns: 3,
+    }) {
+        Ok(Reply::Written(n)) => n as usize,
+        other => panic!("write: {other:?}"),
+    };
+    assert!(written > 0 && written <= data.len());
+    let mut after = before.clone();
+    after[50..50 + written].copy_from_slice(&data[..written]);
+    let stored = h.store.data("t").map(<[u8]>::to_vec);
+    assert!(
+        stored.is_none() || stored.as_ref() == Some(&before) || stored.as_ref() == Some(&after),
+        "the store holds part of a write"
+    );
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    assert_eq!(h.store.data("t"), Some(&after[..]));
+    h.release(f);
+    assert_eq!(h.read_all("t"), after);
+}

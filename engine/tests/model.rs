@@ -103,7 +103,21 @@ fn run(ops: Vec<Op>, pool: usize) {
                     continue;
                 };
                 let data = vec![byte; len];
-                h.write(id, offset, &data);
+                // A write may end short (POSIX allows it); callers write the
+                // rest, as write_all does.
+                let mut done = 0;
+                while done < len {
+                    let reply = h.call(Request::Write {
+                        handle: id,
+                        offset: offset + done as u64,
+                        data: data[done..].to_vec(),
+                        mtime_ns: 2,
+                    });
+                    match reply {
+                        Ok(Reply::Written(n)) if n > 0 && n as usize <= len - done => done += n as usize,
+                        other => panic!("write {path} at {}: {other:?}", offset + done as u64),
+                    }
+                }
                 let content = model.files.get_mut(&path).unwrap();
                 let end = offset as usize + len;
                 if content.len() < end {
