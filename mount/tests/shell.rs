@@ -154,3 +154,42 @@ async fn new_file_is_visible_before_its_first_commit() {
     fs.release(handle).await.unwrap();
     fs.shutdown().await.unwrap();
 }
+
+/// Two caches over one container change the same file through handles
+/// opened on the same version: the first close commits, the second must
+/// fail rather than overwrite the first one's change it never saw.
+async fn conflicting_writers(store: Arc<dyn BlobStore>) {
+    let first = BlobFs::new(store.clone(), options(64 * 1024, 4)).unwrap();
+    let second = BlobFs::new(store.clone(), options(64 * 1024, 4)).unwrap();
+    write_file(&first, "f", b"base\n", 4096).await;
+    let rw = OpenOptions {
+        read: true,
+        write: true,
+        ..OpenOptions::default()
+    };
+    let a = first.open("f", rw).await.unwrap();
+    let b = second.open("f", rw).await.unwrap();
+    first.write(a, 0, b"AAAA".to_vec()).await.unwrap();
+    second.write(b, 0, b"BBBB".to_vec()).await.unwrap();
+    first.flush(a).await.unwrap();
+    first.release(a).await.unwrap();
+    let second_flush = second.flush(b).await;
+    let _ = second.release(b).await;
+    assert!(
+        second_flush.is_err(),
+        "the second commit overwrote the first: {second_flush:?}"
+    );
+    let reader = BlobFs::new(store, options(64 * 1024, 4)).unwrap();
+    assert_eq!(read_file(&reader, "f").await, b"AAAA\n");
+}
+
+#[tokio::test]
+async fn conflicting_writers_memory() {
+    conflicting_writers(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn conflicting_writers_local() {
+    let dir = tempfile::tempdir().unwrap();
+    conflicting_writers(Arc::new(LocalStore::open(dir.path()).unwrap())).await;
+}
