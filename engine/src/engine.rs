@@ -329,10 +329,6 @@ impl Engine {
     /// Takes a filesystem request. Its reply comes out as an effect, now or later.
     pub fn handle(&mut self, now: Millis, request: RequestId, req: Request) {
         self.advance_clock(now);
-        if self.ops.len() >= self.config.max_waiting_requests {
-            self.reply(request, Err(EngineError::Busy(self.ops.len())));
-            return;
-        }
         let kind = match req {
             Request::Open { path, mode, mtime_ns } => OpKind::Open { path, mode, mtime_ns },
             Request::Read { handle, offset, len } => {
@@ -361,16 +357,23 @@ impl Engine {
             Request::Flush { handle } => OpKind::Flush { handle, wait_for: None },
             Request::Truncate { handle, size, mtime_ns } => OpKind::Truncate { handle, size, mtime_ns },
             Request::Release { handle } => {
+                // Never refused as busy: a release does not wait, and the
+                // kernel does not retry one, so a refused release would
+                // leave its handle open for good.
                 let result = self.release(handle);
                 self.reply(request, result.map(|()| Reply::Done));
                 self.pump();
                 return;
             }
-            Request::Shutdown => {
-                self.begin_shutdown();
-                OpKind::Shutdown
-            }
+            Request::Shutdown => OpKind::Shutdown,
         };
+        if self.ops.len() >= self.config.max_waiting_requests {
+            self.reply(request, Err(EngineError::Busy(self.ops.len())));
+            return;
+        }
+        if matches!(kind, OpKind::Shutdown) {
+            self.begin_shutdown();
+        }
         if self.shutting_down && !matches!(kind, OpKind::Shutdown | OpKind::Flush { .. } | OpKind::Read { .. }) {
             self.reply(request, Err(EngineError::ShuttingDown));
             return;

@@ -527,3 +527,48 @@ fn a_block_evicted_to_staged_during_a_write_never_commits_half_of_it() {
     h.release(f);
     assert_eq!(h.read_all("t"), after);
 }
+
+/// Found by engine_ops: with the queue of waiting requests full, a release
+/// was refused as busy and its handle stayed open after shutdown.
+#[test]
+fn release_is_taken_even_when_the_queue_is_full() {
+    let mut config = EngineConfig::new(BS, 4);
+    config.max_waiting_requests = 2;
+    let mut h = Harness::with_config(config);
+    h.store.put_blob("q", pattern(300, 8));
+    let reader = h.open("q", false, false);
+    let other = h.open("q", false, false);
+    // Two reads waiting for their fetches fill the queue.
+    let first = h.submit(Request::Read {
+        handle: reader,
+        offset: 0,
+        len: 10,
+    });
+    let second = h.submit(Request::Read {
+        handle: reader,
+        offset: 200,
+        len: 10,
+    });
+    assert_eq!(h.engine.occupancy().waiting_requests, 2);
+    let refused = h.submit(Request::Read {
+        handle: reader,
+        offset: 100,
+        len: 10,
+    });
+    assert!(matches!(h.replies.remove(&refused), Some(Err(EngineError::Busy(2)))));
+    let release = h.submit(Request::Release { handle: other });
+    assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Done)));
+    assert_eq!(h.engine.occupancy().open_handles, 1);
+    h.run_io();
+    assert_eq!(
+        h.replies.remove(&first),
+        Some(Ok(Reply::Data(pattern(300, 8)[..10].to_vec())))
+    );
+    assert_eq!(
+        h.replies.remove(&second),
+        Some(Ok(Reply::Data(pattern(300, 8)[200..210].to_vec())))
+    );
+    h.release(reader);
+    assert_eq!(h.call(Request::Shutdown), Ok(Reply::Done));
+    assert_eq!(h.engine.occupancy().open_handles, 0);
+}
