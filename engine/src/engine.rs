@@ -140,6 +140,8 @@ enum IoPurpose {
 struct IoTask {
     file: FileId,
     purpose: IoPurpose,
+    /// Where it stands in the queue; raised when a request comes to wait on it.
+    priority: Priority,
     issued: bool,
     /// The buffer it carries no longer belongs to any block.
     detached: bool,
@@ -537,17 +539,48 @@ impl Engine {
 
     fn queue_io(&mut self, file: FileId, path: String, kind: IoKind, purpose: IoPurpose, priority: Priority) -> IoId {
         let id = self.new_io_id();
+        self.enqueue(file, purpose, priority, IoCommand { id, path, kind });
+        id
+    }
+
+    fn enqueue(&mut self, file: FileId, purpose: IoPurpose, priority: Priority, command: IoCommand) {
+        let id = command.id;
         self.ios.insert(
             id,
             IoTask {
                 file,
                 purpose,
+                priority,
                 issued: false,
                 detached: false,
             },
         );
-        self.queued.insert((priority, id), IoCommand { id, path, kind });
-        id
+        self.queued.insert(self.queue_key(priority, id), command);
+    }
+
+    /// The queue is ordered by priority, then by age.
+    fn queue_key(&self, priority: Priority, id: IoId) -> (Priority, IoId) {
+        (priority, id)
+    }
+
+    /// A request now waits on a queued read-ahead or write-back: it moves up
+    /// with the demand work, or the request would wait behind every
+    /// background command queued before it.
+    fn promote(&mut self, id: IoId) {
+        let Some(task) = self.ios.get(&id) else {
+            return;
+        };
+        if task.issued || task.priority == Priority::Demand {
+            return;
+        }
+        let old = self.queue_key(task.priority, id);
+        let Some(command) = self.queued.remove(&old) else {
+            return;
+        };
+        self.queued.insert(self.queue_key(Priority::Demand, id), command);
+        if let Some(task) = self.ios.get_mut(&id) {
+            task.priority = Priority::Demand;
+        }
     }
 
     /// Issues queued commands, most urgent first, up to the parallelism.
@@ -567,7 +600,11 @@ impl Engine {
     /// Takes back a command: a queued one is dropped (its buffer freed), an
     /// issued one is asked to stop and completes later.
     fn cancel_io(&mut self, id: IoId) {
-        let queued_key = self.queued.keys().find(|(_, io)| *io == id).copied();
+        let queued_key = self
+            .ios
+            .get(&id)
+            .filter(|task| !task.issued)
+            .map(|task| self.queue_key(task.priority, id));
         if let Some(key) = queued_key {
             if let Some(command) = self.queued.remove(&key) {
                 self.ios.remove(&id);
@@ -691,26 +728,16 @@ impl Engine {
             file.background_stages = file.background_stages.saturating_add(1);
         }
         self.stats.bytes_staged = self.stats.bytes_staged.saturating_add(to_u64(len)?);
-        self.ios.insert(
-            io,
-            IoTask {
-                file: file_id,
-                purpose: IoPurpose::Stage {
-                    block: index,
-                    id: block_id.clone(),
-                },
-                issued: false,
-                detached: false,
-            },
-        );
-        self.queued.insert(
-            (priority, io),
-            IoCommand {
-                id: io,
-                path,
-                kind: IoKind::Stage { block_id, len, buffer },
-            },
-        );
+        let purpose = IoPurpose::Stage {
+            block: index,
+            id: block_id.clone(),
+        };
+        let command = IoCommand {
+            id: io,
+            path,
+            kind: IoKind::Stage { block_id, len, buffer },
+        };
+        self.enqueue(file_id, purpose, priority, command);
         Ok(())
     }
 
@@ -1188,9 +1215,16 @@ impl Engine {
             return;
         }
         self.unpin(pinned.take());
+        let mut waits_on = None;
         if let Some(block) = self.files.get_mut(&file_id).and_then(|f| f.blocks.get_mut(&index)) {
             block.pins = block.pins.saturating_add(1);
             *pinned = Some((file_id, index));
+            if let BlockState::Loading(io) | BlockState::Uploading(io) = block.state {
+                waits_on = Some(io);
+            }
+        }
+        if let Some(io) = waits_on {
+            self.promote(io);
         }
     }
 
@@ -2601,6 +2635,15 @@ impl Engine {
                 "{} in flight, {issued} issued, parallelism {}",
                 self.in_flight, self.config.parallelism
             ));
+        }
+        for (&(priority, id), command) in &self.queued {
+            let in_place = self
+                .ios
+                .get(&id)
+                .is_some_and(|t| !t.issued && command.id == id && self.queue_key(t.priority, id) == (priority, id));
+            if !in_place {
+                return Err(format!("queued I/O {id} is not where its task says"));
+            }
         }
         if self.queued.len().saturating_add(issued) != self.ios.len() {
             return Err(format!(

@@ -572,3 +572,51 @@ fn release_is_taken_even_when_the_queue_is_full() {
     assert_eq!(h.call(Request::Shutdown), Ok(Reply::Done));
     assert_eq!(h.engine.occupancy().open_handles, 0);
 }
+
+#[test]
+fn a_read_waiting_on_queued_read_ahead_goes_before_background_work() {
+    let mut config = EngineConfig::new(BS, 32);
+    config.parallelism = 1;
+    config.prefetch_blocks = 4;
+    let mut h = Harness::with_config(config);
+    let data = pattern(2000, 8);
+    h.store.put_blob("r", data.clone());
+    let f = h.open("r", false, false);
+    // A sequential reader: blocks 0 and 1, with read-ahead of blocks 2 and 3.
+    assert_eq!(h.read(f, 0, 100), data[..100].to_vec());
+    assert_eq!(h.read(f, 100, 100), data[100..200].to_vec());
+    // Two writers whose full blocks queue write-back behind the fetch in flight.
+    let writers = [h.open("w1", true, true), h.open("w2", true, true)];
+    for (n, w) in writers.into_iter().enumerate() {
+        let write = h.submit(Request::Write {
+            handle: w,
+            offset: 0,
+            data: pattern(100, n as u8),
+            mtime_ns: 2,
+        });
+        assert_eq!(h.replies.remove(&write), Some(Ok(Reply::Written(100))));
+    }
+    // Block 2 is in memory: this read returns at once and widens the
+    // read-ahead, queueing blocks 4 to 7 behind the write-back.
+    let hit = h.submit(Request::Read {
+        handle: f,
+        offset: 200,
+        len: 100,
+    });
+    assert_eq!(h.replies.remove(&hit), Some(Ok(Reply::Data(data[200..300].to_vec()))));
+    assert_eq!(h.pending.len(), 1, "one command in flight");
+    let read = h.submit(Request::Read {
+        handle: f,
+        offset: 500,
+        len: 100,
+    });
+    h.complete_one();
+    match &h.pending.front().map(|c| &c.kind) {
+        Some(IoKind::Fetch { offset, .. }) => assert_eq!(*offset, 500, "the block a reader waits for goes first"),
+        other => panic!("expected the fetch of block 5 next, got {other:?}"),
+    }
+    h.complete_one();
+    assert_eq!(h.replies.remove(&read), Some(Ok(Reply::Data(data[500..600].to_vec()))));
+    h.run_io();
+    h.release(f);
+}
