@@ -2504,6 +2504,50 @@ impl Engine {
         self.config.buffer_wait_timeout_ms
     }
 
+    /// The file a handle is open on.
+    pub fn file_of(&self, handle: HandleId) -> Option<FileId> {
+        self.handles.get(&handle).map(|h| h.file)
+    }
+
+    /// What one file holds right now. A file the engine has forgotten
+    /// still counts the I/O that carries its buffers.
+    pub fn activity(&self, file_id: FileId) -> FileActivity {
+        let mut activity = FileActivity::default();
+        if let Some(file) = self.files.get(&file_id) {
+            activity.handles = file.handles;
+            activity.pins = file.blocks.values().map(|b| u64::from(b.pins)).sum();
+            activity.committing = file.commit != CommitPhase::Idle;
+        }
+        activity.requests = self
+            .ops
+            .iter()
+            .filter(|op| {
+                let handle = match &op.kind {
+                    OpKind::Open { path, .. } => return self.paths.get(path) == Some(&file_id),
+                    OpKind::Shutdown => return false,
+                    OpKind::Read { handle, .. }
+                    | OpKind::Write { handle, .. }
+                    | OpKind::Flush { handle, .. }
+                    | OpKind::Truncate { handle, .. } => handle,
+                };
+                self.handles.get(handle).is_some_and(|h| h.file == file_id)
+            })
+            .count();
+        for task in self.ios.values().filter(|t| t.file == file_id) {
+            if !matches!(task.purpose, IoPurpose::Fetch { .. }) {
+                continue;
+            }
+            activity.fetches = activity.fetches.saturating_add(1);
+            if task.priority == Priority::Prefetch {
+                activity.prefetches = activity.prefetches.saturating_add(1);
+                if task.issued {
+                    activity.prefetches_in_flight = activity.prefetches_in_flight.saturating_add(1);
+                }
+            }
+        }
+        activity
+    }
+
     /// Resource use right now.
     pub fn occupancy(&self) -> Occupancy {
         let pins = self

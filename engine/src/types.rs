@@ -187,6 +187,26 @@ pub enum Reply {
     Done,
 }
 
+/// What one file holds of the engine's resources right now: for tests and
+/// the simulation, which check that a closed file lets go of everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileActivity {
+    pub handles: u32,
+    /// Requests waiting that concern it, opens of its path included.
+    pub requests: usize,
+    /// Pins held on its blocks by waiting requests.
+    pub pins: u64,
+    /// Read-ahead fetches queued or in flight, including cancelled ones
+    /// whose buffer has not come back yet.
+    pub prefetches: usize,
+    /// Read-ahead fetches issued to storage and not completed.
+    pub prefetches_in_flight: usize,
+    /// Fetches of any kind queued or in flight, cancelled ones included.
+    pub fetches: usize,
+    /// A commit of the file is running.
+    pub committing: bool,
+}
+
 /// Size and modification time of an open or cached file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileAttr {

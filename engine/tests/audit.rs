@@ -172,10 +172,13 @@ fn audit_2_2_close_cancels_prefetch() {
     assert!(prefetches > 0, "a sequential reader gets read-ahead");
     let stats_before = h.engine.occupancy();
     assert!(stats_before.io_pending > 0);
+    let file = h.engine.file_of(f).unwrap();
+    assert_eq!(h.engine.activity(file).prefetches, prefetches);
     let release = h.submit(Request::Release { handle: f });
     assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Done)));
     // Prefetches already issued were asked to stop; completing them returns buffers.
     h.run_io();
+    assert_eq!(h.engine.activity(file), FileActivity::default());
     let occupancy = h.engine.occupancy();
     assert_eq!(occupancy.io_pending, 0);
     assert_eq!(occupancy.buffers_free + cached_blocks(&h), occupancy.buffers_allocated);

@@ -256,6 +256,16 @@ impl BlobFs {
         (state.engine.stats(), state.engine.occupancy())
     }
 
+    /// The engine's file behind an open handle (used by the simulation).
+    pub fn file_of(&self, handle: FileHandle) -> Option<engine::FileId> {
+        lock(&self.inner.state).engine.file_of(HandleId(handle.0))
+    }
+
+    /// What one file holds of the cache right now (used by the simulation).
+    pub fn file_activity(&self, file: engine::FileId) -> engine::FileActivity {
+        lock(&self.inner.state).engine.activity(file)
+    }
+
     /// Checks the engine's invariants (used by the simulation).
     pub fn check_invariants(&self) -> Result<(), String> {
         lock(&self.inner.state).engine.check_invariants()
