@@ -1145,7 +1145,8 @@ impl Engine {
     }
 
     /// Forgets every cached block of a file: buffers go back to the pool,
-    /// I/O carrying its blocks is let go, and requests pinning them stop.
+    /// fetches of the old content stop, uploads carrying its blocks are let
+    /// go, and requests pinning them stop.
     fn drop_blocks(&mut self, file_id: FileId) {
         let Some(file) = self.files.get_mut(&file_id) else {
             return;
@@ -1154,7 +1155,8 @@ impl Engine {
         for (_, block) in blocks {
             match block.state {
                 BlockState::Ready(buffer) => self.free_buffers.push(buffer),
-                BlockState::Loading(io) | BlockState::Uploading(io) => {
+                BlockState::Loading(io) => self.cancel_io(io),
+                BlockState::Uploading(io) => {
                     if let Some(task) = self.ios.get_mut(&io) {
                         task.detached = true;
                     }
@@ -2409,11 +2411,13 @@ impl Engine {
         let gone: Vec<u64> = file.blocks.range(new_count..).map(|(i, _)| *i).collect();
         let mut freed = Vec::new();
         let mut detached = Vec::new();
+        let mut unwanted = Vec::new();
         for index in gone {
             if let Some(block) = file.blocks.remove(&index) {
                 match block.state {
                     BlockState::Ready(buffer) => freed.push(buffer),
-                    BlockState::Loading(io) | BlockState::Uploading(io) => detached.push(io),
+                    BlockState::Loading(io) => unwanted.push(io),
+                    BlockState::Uploading(io) => detached.push(io),
                     BlockState::Staged => {}
                 }
             }
@@ -2450,6 +2454,11 @@ impl Engine {
             if let Some(task) = self.ios.get_mut(&io) {
                 task.detached = true;
             }
+        }
+        // Nobody can read what lies past the end: its fetches stop now
+        // rather than hold a buffer and a place in the queue.
+        for io in unwanted {
+            self.cancel_io(io);
         }
         Ok(())
     }

@@ -620,3 +620,33 @@ fn a_read_waiting_on_queued_read_ahead_goes_before_background_work() {
     h.run_io();
     h.release(f);
 }
+
+#[test]
+fn shrinking_a_file_stops_the_fetches_of_blocks_past_its_new_end() {
+    let mut config = EngineConfig::new(BS, 16);
+    config.parallelism = 1;
+    config.prefetch_blocks = 4;
+    let mut h = Harness::with_config(config);
+    let data = pattern(2000, 9);
+    h.store.put_blob("t", data.clone());
+    let f = h.open("t", true, false);
+    assert_eq!(h.read(f, 0, 100), data[..100].to_vec());
+    assert_eq!(h.read(f, 100, 100), data[100..200].to_vec());
+    let file = h.engine.file_of(f).unwrap();
+    // Read-ahead of block 2 is in flight and of block 3 queued.
+    assert_eq!(h.engine.activity(file).prefetches, 2);
+    h.truncate(f, 150).unwrap();
+    // The queued fetch is gone; the one in flight was told to stop.
+    assert_eq!(h.engine.activity(file).fetches, 1);
+    let mut fetched = Vec::new();
+    while let Some(command) = h.pending.front() {
+        if let IoKind::Fetch { offset, .. } = command.kind {
+            fetched.push(offset);
+        }
+        h.complete_one();
+    }
+    assert_eq!(fetched, vec![200], "nothing past the new end is fetched");
+    assert_eq!(h.engine.activity(file).fetches, 0);
+    assert_eq!(h.read(f, 0, 1000), data[..150].to_vec());
+    h.release(f);
+}
