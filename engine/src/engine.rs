@@ -560,6 +560,10 @@ impl Engine {
 
     /// The queue is ordered by priority, then by age.
     fn queue_key(&self, priority: Priority, id: IoId) -> (Priority, IoId) {
+        #[cfg(madsim)]
+        if self.config.faults.fifo_io_order {
+            return (Priority::Demand, id);
+        }
         (priority, id)
     }
 
@@ -1057,6 +1061,12 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        #[cfg(madsim)]
+        let prefetching = if self.config.faults.keep_prefetch_on_release {
+            Vec::new()
+        } else {
+            prefetching
+        };
         for io in prefetching {
             self.cancel_prefetch_io(io);
         }

@@ -110,6 +110,10 @@ pub struct SimFaults {
     pub shared_block_ids: bool,
     /// 1.5 / 7.3 (shell): storage requests have no time limit.
     pub no_request_timeout: bool,
+    /// 2.2: the last release of a file leaves its read-ahead running.
+    pub keep_prefetch_on_release: bool,
+    /// 7.4: I/O is issued in the order it was queued, whatever its priority.
+    pub fifo_io_order: bool,
 }
 
 impl EngineConfig {

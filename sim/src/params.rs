@@ -81,6 +81,12 @@ pub struct Params {
     /// Some closes release without flushing first (the commit then runs in
     /// the background, after the release has returned).
     pub release_without_flush: bool,
+    /// Every read that starts and ends in the fault phase must finish within
+    /// `world::demand_read_bound`; clients read only the outside writer's
+    /// blobs, so that no read waits for a commit. Only meaningful in a world
+    /// built for it: no store faults, no flushes or closes, a pool that
+    /// never runs out (scenario 7.4).
+    pub check_read_latency: bool,
 }
 
 /// One of `choices`, which are literal and never empty.
@@ -167,6 +173,7 @@ impl Params {
             unmount_while_busy: rng.gen_bool(0.1),
             huge_offsets: rng.gen_bool(0.1),
             release_without_flush: rng.gen_bool(0.2),
+            check_read_latency: false,
         }
     }
 }

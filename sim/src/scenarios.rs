@@ -4,7 +4,7 @@
 //! into the engine or shell. With the fault off every seed must pass and
 //! some seed must reach the mark; with it on, some seed must fail.
 
-use crate::params::{Params, StoreFaults};
+use crate::params::{Mix, Params, StoreFaults};
 use crate::runner::{run_parallel, RunSpec};
 use crate::world::RunSetup;
 use blobcache_engine::SimFaults;
@@ -50,6 +50,8 @@ pub const FAULTS: &[&str] = &[
     "endless_buffer_wait",
     "shared_block_ids",
     "no_request_timeout",
+    "keep_prefetch_on_release",
+    "fifo_io_order",
 ];
 
 /// Turns one fault switch on by name.
@@ -65,6 +67,8 @@ pub fn set_fault(faults: &mut SimFaults, name: &str) -> Option<()> {
         "endless_buffer_wait" => &mut faults.endless_buffer_wait,
         "shared_block_ids" => &mut faults.shared_block_ids,
         "no_request_timeout" => &mut faults.no_request_timeout,
+        "keep_prefetch_on_release" => &mut faults.keep_prefetch_on_release,
+        "fifo_io_order" => &mut faults.fifo_io_order,
         _ => return None,
     };
     *switch = true;
@@ -141,6 +145,66 @@ fn failing_writes(p: &mut Params, _seed: u64) {
     p.mix.write = 10;
     p.mix.fsync = 4;
     no_namespace_ops(p);
+}
+
+/// Sequential readers that close soon, on a store slow enough that their
+/// read-ahead is still in flight when they do.
+fn closing_readers(p: &mut Params, _seed: u64) {
+    p.faults = StoreFaults {
+        latency_min_ms: 30,
+        latency_max_ms: 120,
+        ..StoreFaults::default()
+    };
+    p.prefetch_blocks = 4 + p.prefetch_blocks % 5;
+    p.pool_buffers = 64;
+    p.parallelism = 2 + p.parallelism % 3;
+    p.outside_files = 2;
+    p.outside_writer = false;
+    p.max_blocks = 16;
+    p.mix.seq_read = 10;
+    p.mix.reopen = 4;
+    p.mix.random_read = 2;
+    p.mix.truncate = 0;
+    no_namespace_ops(p);
+}
+
+/// One request in flight at a time, long runs of read-ahead and write-back
+/// queued, and every read timed against the bound of a world where demand
+/// work goes first (`world::demand_read_bound`). Nothing here commits
+/// before the fault phase ends (no flush, no close, a pool that never
+/// evicts), so the only demand work is what the clients ask for.
+fn busy_background(p: &mut Params, _seed: u64) {
+    p.faults = StoreFaults {
+        latency_min_ms: 20,
+        latency_max_ms: 30,
+        ..StoreFaults::default()
+    };
+    p.block_size = 64;
+    p.parallelism = 1;
+    p.prefetch_blocks = 32;
+    p.pool_buffers = 4096;
+    p.max_blocks = 400;
+    p.clients_per_mount = 3;
+    p.ops_per_client = p.ops_per_client.max(60);
+    p.private_files = 1;
+    p.shared_files = 0;
+    p.outside_files = 2;
+    p.outside_writer = false;
+    p.unmount_while_busy = false;
+    p.huge_offsets = false;
+    p.mix = Mix {
+        seq_read: 10,
+        random_read: 5,
+        write: 0,
+        append: 4,
+        truncate: 0,
+        fsync: 0,
+        reopen: 0,
+        dup: 0,
+        unlink: 0,
+        rename: 0,
+    };
+    p.check_read_latency = true;
 }
 
 fn pinned_pool(p: &mut Params, _seed: u64) {
@@ -242,6 +306,14 @@ pub const SCENARIOS: &[Scenario] = &[
         tweak: failing_writes,
     },
     Scenario {
+        id: "2.2",
+        title: "cancellation on close",
+        mark: "last release with read-ahead in flight",
+        fault: "keep_prefetch_on_release",
+        seeds: 100,
+        tweak: closing_readers,
+    },
+    Scenario {
         id: "2.3",
         title: "all buffers pinned",
         mark: "request timed out waiting for a buffer",
@@ -288,6 +360,14 @@ pub const SCENARIOS: &[Scenario] = &[
         fault: "no_request_timeout",
         seeds: 100,
         tweak: outage,
+    },
+    Scenario {
+        id: "7.4",
+        title: "demand reads not starved",
+        mark: "demand read behind queued background I/O",
+        fault: "fifo_io_order",
+        seeds: 100,
+        tweak: busy_background,
     },
 ];
 

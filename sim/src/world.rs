@@ -20,7 +20,7 @@ use crate::params::Params;
 use crate::store::SimStore;
 use crate::trace::Trace;
 use blobcache::{BlobFs, CacheOptions, FileHandle, FsError, OpenOptions};
-use blobcache_engine::SimFaults;
+use blobcache_engine::{FileId, SimFaults};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +32,17 @@ use std::time::Duration;
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(600);
 /// How often the invariant checker looks between client operations.
 const CHECK_EVERY: Duration = Duration::from_millis(7);
+/// How long after the last release of a file its read-ahead may still hold
+/// I/O or buffers: the shell cancels at once, so only the tasks woken by
+/// the cancellation need to run.
+const CANCEL_BOUND: Duration = Duration::from_millis(1);
+
+/// Simulated time since the run started.
+pub fn sim_elapsed() -> Duration {
+    madsim::time::TimeHandle::try_current()
+        .map(|t| t.elapsed())
+        .unwrap_or_default()
+}
 
 /// Simulated milliseconds since the run started.
 pub fn sim_millis() -> u64 {
@@ -94,6 +105,9 @@ pub struct World {
     shared_writers: Mutex<BTreeMap<String, BTreeSet<usize>>>,
     /// Mounts that have been shut down.
     down: Vec<AtomicBool>,
+    /// Files whose last handle on a mount was released, with the time of
+    /// that release, until they are opened again.
+    released: Mutex<BTreeMap<(usize, FileId), Duration>>,
 }
 
 impl World {
@@ -123,6 +137,39 @@ impl World {
             if let Err(error) = fs.check_invariants() {
                 self.fail(format!("mount {index}: invariant broken {when}: {error}"));
             }
+        }
+    }
+
+    /// A file closed on a mount for longer than `CANCEL_BOUND` has no
+    /// read-ahead queued or in flight, no pins, and no fetch at all unless
+    /// a commit of it runs.
+    fn check_released(&self) {
+        let now = sim_elapsed();
+        let Ok(mut released) = self.released.lock() else {
+            return;
+        };
+        let mut reopened = Vec::new();
+        for (&(mount, file), &at) in released.iter() {
+            if now.saturating_sub(at) < CANCEL_BOUND {
+                continue;
+            }
+            let activity = self.mounts[mount].file_activity(file);
+            if activity.handles > 0 || activity.requests > 0 {
+                reopened.push((mount, file));
+                continue;
+            }
+            let leftover =
+                activity.prefetches > 0 || activity.pins > 0 || (activity.fetches > 0 && !activity.committing);
+            if leftover {
+                self.fail(format!(
+                    "mount {mount}: file {file} was closed {} ms ago and still holds {activity:?}",
+                    now.saturating_sub(at).as_millis()
+                ));
+                return;
+            }
+        }
+        for key in reopened {
+            released.remove(&key);
         }
     }
 
@@ -359,6 +406,10 @@ impl Client {
         let Some(index) = self.pick_open() else {
             return;
         };
+        if self.p().check_read_latency && choice <= 1 && !matches!(self.open[index].target, Target::Outside(_)) {
+            // Reading back what it wrote would make a read wait for a commit.
+            return;
+        }
         match choice {
             0 => self.read(index, true).await,
             1 => self.read(index, false).await,
@@ -556,7 +607,17 @@ impl Client {
             (offset, len)
         };
         let handle = self.open[index].handle;
+        let started = sim_elapsed();
+        let in_fault_phase = !self.world.stop.load(Ordering::SeqCst);
+        let queued_before = {
+            let (_, o) = self.fs().engine_stats();
+            o.io_pending.saturating_sub(o.io_in_flight)
+        };
         let result = self.fs().read(handle, offset, len).await;
+        let took = sim_elapsed().saturating_sub(started);
+        if self.p().check_read_latency && in_fault_phase && !self.world.stop.load(Ordering::SeqCst) {
+            self.check_read_latency(offset, len, took, queued_before);
+        }
         self.observe(&result);
         if result.is_err() && !matches!(self.open[index].target, Target::Outside(_)) {
             self.world.mark("read failed while waiting on its block");
@@ -588,6 +649,22 @@ impl Client {
             offset.saturating_add(data.len() as u64)
         };
         self.check_read(index, offset, len, &data);
+    }
+
+    /// A demand read waits for no background work queued before it.
+    fn check_read_latency(&self, offset: u64, len: u32, took: Duration, queued_before: usize) {
+        let bound = demand_read_bound(self.p(), offset, len);
+        if took > Duration::ZERO && queued_before >= 8 {
+            self.world.mark("demand read behind queued background I/O");
+        }
+        if took > bound {
+            self.world.fail(format!(
+                "{}: read @{offset}+{len} took {} ms, more than the {} ms a demand read may wait ({queued_before} commands were queued when it came)",
+                self.name,
+                took.as_millis(),
+                bound.as_millis()
+            ));
+        }
     }
 
     fn check_read(&self, index: usize, offset: u64, len: u32, data: &[u8]) {
@@ -809,7 +886,19 @@ impl Client {
             self.fs().flush(open.handle).await
         };
         self.observe(&flushed);
+        let file = self.fs().file_of(open.handle);
+        if let Some(file) = file {
+            let activity = self.fs().file_activity(file);
+            if activity.handles == 1 && activity.prefetches_in_flight > 0 {
+                self.world.mark("last release with read-ahead in flight");
+            }
+        }
         let released = self.fs().release(open.handle).await;
+        if let Some(file) = file.filter(|f| self.fs().file_activity(*f).handles == 0) {
+            if let Ok(mut closed) = self.world.released.lock() {
+                closed.insert((self.mount, file), sim_elapsed());
+            }
+        }
         self.world.event(|| {
             format!(
                 "{} close h{}: flush {} release {}",
@@ -996,6 +1085,23 @@ fn provenance(content: Option<&[u8]>, tags: u64) -> String {
     runs.join(" ")
 }
 
+/// The longest a read may take when demand work goes first. Every block it
+/// touches is fetched at most twice (a block another random reader fetched
+/// only part of is fetched again); each fetch waits for one command in
+/// flight to finish, then for the demand commands queued before it: at most
+/// one per other client of the mount, a load counting as two requests; then
+/// it runs. Background work queued before it does not count: that is the
+/// point.
+pub fn demand_read_bound(p: &Params, offset: u64, len: u32) -> Duration {
+    let bs = p.block_size.max(1);
+    let last = offset.saturating_add(u64::from(len).max(1) - 1) / bs;
+    let blocks = last.saturating_sub(offset / bs).saturating_add(1);
+    let clients = p.clients_per_mount as u64;
+    let request = p.faults.latency_max_ms.max(p.faults.latency_min_ms);
+    let per_fetch = request.saturating_mul(2 * clients + 1);
+    Duration::from_millis(blocks.saturating_mul(2).saturating_mul(per_fetch).saturating_add(5))
+}
+
 fn describe(content: Option<&[u8]>) -> String {
     match content {
         None => "no blob".into(),
@@ -1043,6 +1149,7 @@ async fn checker(world: Arc<World>) {
         };
         madsim::time::sleep(every).await;
         world.check_invariants("between operations");
+        world.check_released();
     }
 }
 
@@ -1099,6 +1206,7 @@ pub async fn run(seed: u64, params: Params, setup: RunSetup, trace: Trace) -> Re
         unlinked: Mutex::new(BTreeSet::new()),
         down: vec![AtomicBool::new(false), AtomicBool::new(false)],
         shared_writers: Mutex::new(BTreeMap::new()),
+        released: Mutex::new(BTreeMap::new()),
     });
     world.event(|| format!("world {params:?}"));
     let checker = tokio::spawn(checker(world.clone()));
