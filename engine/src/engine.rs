@@ -168,9 +168,6 @@ enum OpKind {
         data: Vec<u8>,
         done: usize,
         mtime_ns: u64,
-        /// The size before this write extended the file to its offset, so
-        /// that a write failing before it stores anything leaves no trace.
-        extended_from: Option<u64>,
     },
     Flush {
         handle: HandleId,
@@ -354,7 +351,6 @@ impl Engine {
                 data,
                 done: 0,
                 mtime_ns,
-                extended_from: None,
             },
             Request::Flush { handle } => OpKind::Flush { handle, wait_for: None },
             Request::Truncate { handle, size, mtime_ns } => OpKind::Truncate { handle, size, mtime_ns },
@@ -1458,7 +1454,6 @@ impl Engine {
                     for position in waiting.into_iter().rev() {
                         if let Some(op) = self.ops.remove(position) {
                             // A write that already stored bytes reports them.
-                            self.undo_extension(&op);
                             let result = partial_result(&op, failure.clone());
                             self.reply(op.request, result);
                         }
@@ -1656,7 +1651,6 @@ impl Engine {
                                 "no cache buffer became free within {} ms (all {} in use)",
                                 self.config.buffer_wait_timeout_ms, self.config.pool_buffers
                             );
-                            self.undo_extension(&op);
                             let result = partial_result(&op, EngineError::TimedOut(message));
                             self.reply(op.request, result);
                             finished_any = true;
@@ -1674,7 +1668,6 @@ impl Engine {
                             op.pinned = None;
                         }
                         self.unpin(op.pinned.take());
-                        self.undo_extension(&op);
                         let result = partial_result(&op, error);
                         self.reply(op.request, result);
                         finished_any = true;
@@ -2178,7 +2171,6 @@ impl Engine {
             data,
             done,
             mtime_ns,
-            extended_from,
         } = &mut op.kind
         else {
             return Err(internal("not a write"));
@@ -2250,14 +2242,12 @@ impl Engine {
             .files
             .get(&file_id)
             .ok_or_else(|| internal("handle of an unknown file"))?;
-        let size_before = file.size;
-        if *done == 0 && offset > size_before {
-            // Writing past the end: the gap becomes zeros first.
+        if *done == 0 && offset > file.size {
+            // Writing past the end: wait, before taking any buffer, until
+            // the gap can become zeros.
             if let Some(step) = self.prepare_resize(file_id, offset)? {
                 return Ok(step);
             }
-            *extended_from = Some(size_before);
-            self.set_size(file_id, offset, mtime_ns)?;
         }
         while *done < data.len() {
             let position = add(offset, to_u64(*done)?)?;
@@ -2272,14 +2262,16 @@ impl Engine {
                 .ok_or_else(|| internal("handle of an unknown file"))?;
             let current_len = self.block_len(file.size, index)?;
             let new_len = current_len.max(sub(chunk_end, block_start)?);
-            match file.blocks.get(&index).map(|b| &b.state) {
+            let extends = *done == 0 && offset > file.size;
+            // A block to put in with the bytes written, when it has none.
+            let fresh = match file.blocks.get(&index).map(|b| &b.state) {
                 Some(BlockState::Ready(_)) if file.blocks.get(&index).is_some_and(|b| b.partial.is_some()) => {
                     // Writing needs the whole block in memory.
                     self.refetch(file_id, index, None)?;
                     self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
                 }
-                Some(BlockState::Ready(_)) => {}
+                Some(BlockState::Ready(_)) => None,
                 Some(BlockState::Loading(_)) | Some(BlockState::Uploading(_)) => {
                     self.pin_block(&mut op.pinned, file_id, index);
                     return Ok(Step::WaitIo);
@@ -2302,7 +2294,7 @@ impl Engine {
                         self.start_write_back()?;
                         return Ok(Step::WaitBuffer);
                     };
-                    self.insert_dirty_block(file_id, index, buffer)?;
+                    Some(buffer)
                 }
                 None => {
                     let remote_end = file.remote_len.min(add(block_start, current_len)?);
@@ -2321,8 +2313,24 @@ impl Engine {
                     // Only the bytes the write does not cover need zeros.
                     zero(&mut buffer, 0, to_usize(within)?)?;
                     zero(&mut buffer, to_usize(sub(chunk_end, block_start)?)?, to_usize(new_len)?)?;
-                    self.insert_dirty_block(file_id, index, buffer)?;
+                    Some(buffer)
                 }
+            };
+            if extends {
+                // The file grows to the write's offset in the step that
+                // stores its first bytes, so that a write failing before
+                // that leaves no trace. Taking a buffer may have evicted the
+                // old last block to staged-only since the check above.
+                if let Some(step) = self.prepare_resize(file_id, offset)? {
+                    if let Some(buffer) = fresh {
+                        self.free_buffers.push(buffer);
+                    }
+                    return Ok(step);
+                }
+                self.set_size(file_id, offset, mtime_ns)?;
+            }
+            if let Some(buffer) = fresh {
+                self.insert_dirty_block(file_id, index, buffer)?;
             }
             if op.pinned.is_some() {
                 self.unpin(op.pinned.take());
@@ -2731,35 +2739,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-}
-
-impl Engine {
-    /// A write that fails before storing a byte undoes the extension of the
-    /// file to its offset, unless the file changed size since.
-    fn undo_extension(&mut self, op: &Op) {
-        let OpKind::Write {
-            handle,
-            offset,
-            done: 0,
-            extended_from: Some(previous),
-            ..
-        } = &op.kind
-        else {
-            return;
-        };
-        let Some(file_id) = self.handles.get(handle).map(|h| h.file) else {
-            return;
-        };
-        let unchanged = self.files.get(&file_id).is_some_and(|f| f.size == *offset);
-        if unchanged && self.prepare_resize(file_id, *previous).ok().flatten().is_none() {
-            let mtime_ns = self.files.get(&file_id).map_or(0, |f| f.mtime_ns);
-            if let Err(error) = self.set_size(file_id, *previous, mtime_ns) {
-                if let Some(file) = self.files.get_mut(&file_id) {
-                    file.error.get_or_insert(error);
-                }
-            }
-        }
     }
 }
 

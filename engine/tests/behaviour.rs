@@ -650,3 +650,49 @@ fn shrinking_a_file_stops_the_fetches_of_blocks_past_its_new_end() {
     assert_eq!(h.read(f, 0, 1000), data[..150].to_vec());
     h.release(f);
 }
+
+/// Found by engine_ops: a write past the end grew the file before storing
+/// a byte; released while it waited for a fetch, it failed, and the
+/// release committed the zeros it had added.
+#[test]
+fn a_write_failing_after_its_release_leaves_the_file_as_it_was() {
+    let mut h = Harness::new(BS, 4);
+    let data = pattern(120, 4);
+    h.store.put_blob("w", data.clone());
+    let etag = h.store.blobs["w"].etag.clone();
+    let f = h.open("w", true, false);
+    // Block 1 holds stored bytes the write does not cover: it is fetched first.
+    let write = h.submit(Request::Write {
+        handle: f,
+        offset: 130,
+        data: pattern(61, 5),
+        mtime_ns: 2,
+    });
+    assert!(!h.replies.contains_key(&write));
+    assert_eq!(h.engine.attr("w").map(|a| a.size), Some(120));
+    h.release(f);
+    h.run_io();
+    assert_eq!(h.replies.remove(&write), Some(Err(EngineError::BadHandle(f.0))));
+    assert_eq!(h.store.blobs["w"].etag, etag, "nothing was committed");
+    assert_eq!(h.read_all("w"), data);
+}
+
+#[test]
+fn a_write_past_the_end_whose_fetch_fails_leaves_the_size_alone() {
+    let mut h = Harness::new(BS, 4);
+    let data = pattern(120, 6);
+    h.store.put_blob("v", data.clone());
+    let f = h.open("v", true, false);
+    let write = h.submit(Request::Write {
+        handle: f,
+        offset: 150,
+        data: pattern(10, 7),
+        mtime_ns: 2,
+    });
+    assert!(h.fail_one(IoErrorKind::Failed));
+    assert!(matches!(h.replies.remove(&write), Some(Err(EngineError::Storage(_)))));
+    assert_eq!(h.engine.attr("v").map(|a| a.size), Some(120));
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.read_all("v"), data);
+}

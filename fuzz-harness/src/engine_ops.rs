@@ -478,13 +478,6 @@ impl Run {
             }
             Op::Release { handle } => {
                 let (id, path) = self.handle(handle);
-                // A write still waiting when its handle is released fails, but
-                // may already have extended the file (fuzz/README.md, known issues).
-                if let Some(path) = path {
-                    if self.files[path].changes_in_flight > 0 {
-                        self.files[path].content = Content::Uncertain;
-                    }
-                }
                 self.submit(Request::Release { handle: id }, Pending::Other { path });
                 for open in self.handles.iter_mut().filter(|h| h.id == id) {
                     open.open = false;
