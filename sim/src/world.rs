@@ -581,11 +581,13 @@ impl Client {
                 n.resync = false;
             }
             Err(_) => {
-                // Unknown content: stop using this file.
+                // Unknown content: stop using this file, and stop checking
+                // reads through the handle just opened against it.
                 if let Some(path) = self.nodes[node].path.clone() {
                     self.world.poison(&path);
                 }
                 self.nodes[node].path = None;
+                self.forget_node_reads(node);
             }
         }
     }
