@@ -2017,6 +2017,7 @@ impl Engine {
                     op.deadline = None;
                     self.fetch_block(file_id, index, buffer, range, Priority::Demand)?;
                     self.pin_block(&mut op.pinned, file_id, index);
+                    self.read_ahead_from_start(handle, position)?;
                     return Ok(Step::WaitIo);
                 }
             }
@@ -2128,9 +2129,44 @@ impl Engine {
         if window == 0 || end == 0 {
             return Ok(());
         }
+        let current_block = div(end.saturating_sub(1), block_size)?;
+        self.read_ahead(handle, file_id, current_block, window)
+    }
+
+    /// A reader's first read starting at offset 0 missed block 0: reading a
+    /// file from its start is a strong sign that it will be read through,
+    /// so read-ahead starts with the demand fetch rather than one block
+    /// latency later, with enough blocks to keep the storage requests that
+    /// the demand fetch leaves idle busy.
+    fn read_ahead_from_start(&mut self, handle: HandleId, position: u64) -> Result<(), EngineError> {
+        let Some(state) = self.handles.get_mut(&handle) else {
+            return Ok(());
+        };
+        if state.last_read_end.is_some() || position != 0 || state.window > 0 {
+            return Ok(());
+        }
+        let idle = self.config.parallelism.saturating_sub(1).max(1);
+        let window = self.config.prefetch_blocks.min(u32::try_from(idle).unwrap_or(u32::MAX));
+        state.window = window;
+        let file_id = state.file;
+        if window == 0 {
+            return Ok(());
+        }
+        self.read_ahead(handle, file_id, 0, window)
+    }
+
+    /// Fetches up to `window` blocks after block `current_block` that are
+    /// not cached yet, within the read-ahead budget.
+    fn read_ahead(
+        &mut self,
+        handle: HandleId,
+        file_id: FileId,
+        current_block: u64,
+        window: u32,
+    ) -> Result<(), EngineError> {
+        let block_size = self.config.block_size;
         // A global budget: prefetch may hold at most half the pool.
         let budget = self.config.pool_buffers.checked_div(2).unwrap_or(0);
-        let current_block = div(end.saturating_sub(1), block_size)?;
         let mut prefetched = self
             .files
             .values()

@@ -633,8 +633,8 @@ fn shrinking_a_file_stops_the_fetches_of_blocks_past_its_new_end() {
     assert_eq!(h.read(f, 0, 100), data[..100].to_vec());
     assert_eq!(h.read(f, 100, 100), data[100..200].to_vec());
     let file = h.engine.file_of(f).unwrap();
-    // Read-ahead of block 2 is in flight and of block 3 queued.
-    assert_eq!(h.engine.activity(file).prefetches, 2);
+    // Read-ahead of block 2 is in flight and of blocks 3 to 5 queued.
+    assert_eq!(h.engine.activity(file).prefetches, 4);
     h.truncate(f, 150).unwrap();
     // The queued fetch is gone; the one in flight was told to stop.
     assert_eq!(h.engine.activity(file).fetches, 1);
@@ -695,4 +695,55 @@ fn a_write_past_the_end_whose_fetch_fails_leaves_the_size_alone() {
     assert_eq!(h.flush(f), Ok(Reply::Done));
     h.release(f);
     assert_eq!(h.read_all("v"), data);
+}
+
+#[test]
+fn a_reader_starting_at_offset_0_gets_read_ahead_with_its_first_miss() {
+    let mut config = EngineConfig::new(BS, 32);
+    config.parallelism = 4;
+    config.prefetch_blocks = 8;
+    let mut h = Harness::with_config(config);
+    let data = pattern(2000, 10);
+    h.store.put_blob("s", data.clone());
+    let f = h.open("s", false, false);
+    let read = h.submit(Request::Read {
+        handle: f,
+        offset: 0,
+        len: 50,
+    });
+    // Before block 0 arrives, the requests it leaves idle read ahead.
+    let offsets: Vec<u64> = h
+        .pending
+        .iter()
+        .filter_map(|c| match c.kind {
+            IoKind::Fetch { offset, .. } => Some(offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, vec![0, 100, 200, 300]);
+    assert_eq!(h.engine.stats().prefetches, 3);
+    h.run_io();
+    assert_eq!(h.replies.remove(&read), Some(Ok(Reply::Data(data[..50].to_vec()))));
+    // The window keeps growing as the reader goes on.
+    assert_eq!(h.read(f, 50, 100), data[50..150].to_vec());
+    h.run_io();
+    assert!(h.engine.stats().prefetches > 3);
+    h.release(f);
+
+    // A first read elsewhere fetches only what it asks for.
+    let g = h.open("s", false, false);
+    let before = h.engine.stats().prefetches;
+    let random = h.submit(Request::Read {
+        handle: g,
+        offset: 1510,
+        len: 20,
+    });
+    assert_eq!(h.pending.len(), 1);
+    h.run_io();
+    assert_eq!(
+        h.replies.remove(&random),
+        Some(Ok(Reply::Data(data[1510..1530].to_vec())))
+    );
+    assert_eq!(h.engine.stats().prefetches, before);
+    h.release(g);
 }
