@@ -184,6 +184,8 @@ enum OpKind {
 #[derive(Debug)]
 struct Op {
     request: RequestId,
+    /// Arrival order.
+    seq: u64,
     kind: OpKind,
     /// The block this request waits on and holds a pin of.
     pinned: Option<(FileId, u64)>,
@@ -197,6 +199,10 @@ enum Step {
     WaitIo,
     /// Waiting for a buffer to become free.
     WaitBuffer,
+    /// Waiting for an earlier change of the same file to finish. That one
+    /// is bounded (by I/O or by its own buffer deadline), and a deadline
+    /// here could run out in the very pass in which it finishes.
+    WaitTurn,
 }
 
 /// Counters for metrics.
@@ -247,6 +253,12 @@ pub struct Engine {
     use_clock: u64,
     shutting_down: bool,
     stats: EngineStats,
+    next_op: u64,
+    /// Per file, the arrival number of the oldest waiting change (write,
+    /// truncate, truncating open), as of the start of the current pass of
+    /// `pump`: changes of one file go one at a time, in arrival order, so
+    /// that a change waiting part-way never has another land inside it.
+    first_change: BTreeMap<FileId, u64>,
 }
 
 fn internal(what: impl Into<String>) -> EngineError {
@@ -307,6 +319,8 @@ impl Engine {
             use_clock: 0,
             shutting_down: false,
             stats: EngineStats::default(),
+            next_op: 0,
+            first_change: BTreeMap::new(),
         })
     }
 
@@ -376,8 +390,11 @@ impl Engine {
             self.reply(request, Err(EngineError::ShuttingDown));
             return;
         }
+        let seq = self.next_op;
+        self.next_op = self.next_op.saturating_add(1);
         self.ops.push_back(Op {
             request,
+            seq,
             kind,
             pinned: None,
             deadline: None,
@@ -1623,6 +1640,7 @@ impl Engine {
     pub fn pump(&mut self) {
         loop {
             let mut finished_any = false;
+            self.first_change = self.waiting_changes();
             let waiting = self.ops.len();
             for _ in 0..waiting {
                 let Some(mut op) = self.ops.pop_front() else {
@@ -1635,6 +1653,10 @@ impl Engine {
                         finished_any = true;
                     }
                     Ok(Step::WaitIo) if !self.ios.is_empty() => {
+                        op.deadline = None;
+                        self.ops.push_back(op);
+                    }
+                    Ok(Step::WaitTurn) => {
                         op.deadline = None;
                         self.ops.push_back(op);
                     }
@@ -1695,11 +1717,36 @@ impl Engine {
         }
     }
 
+    /// The file a waiting request changes, if it is a change.
+    fn change_target(&self, kind: &OpKind) -> Option<FileId> {
+        match kind {
+            OpKind::Write { handle, .. } | OpKind::Truncate { handle, .. } => self.handles.get(handle).map(|h| h.file),
+            OpKind::Open { path, mode, .. } if mode.write && mode.truncate => self.paths.get(path).copied(),
+            _ => None,
+        }
+    }
+
+    /// Per file, the arrival number of its oldest waiting change.
+    fn waiting_changes(&self) -> BTreeMap<FileId, u64> {
+        let mut first = BTreeMap::new();
+        for op in &self.ops {
+            if let Some(file) = self.change_target(&op.kind) {
+                first.entry(file).or_insert(op.seq);
+            }
+        }
+        first
+    }
+
+    /// Whether no change of the file that arrived before `seq` still waits.
+    fn turn_of(&self, seq: u64, file: FileId) -> bool {
+        self.first_change.get(&file).is_none_or(|&first| first >= seq)
+    }
+
     fn step(&mut self, op: &mut Op) -> Result<Step, EngineError> {
         match &mut op.kind {
             OpKind::Open { path, mode, mtime_ns } => {
                 let (path, mode, mtime_ns) = (path.clone(), *mode, *mtime_ns);
-                self.step_open(&path, mode, mtime_ns)
+                self.step_open(op.seq, &path, mode, mtime_ns)
             }
             OpKind::Read { .. } => self.step_read(op),
             OpKind::Write { .. } => self.step_write(op),
@@ -1774,7 +1821,7 @@ impl Engine {
         }
     }
 
-    fn step_open(&mut self, path: &str, mode: OpenMode, mtime_ns: u64) -> Result<Step, EngineError> {
+    fn step_open(&mut self, seq: u64, path: &str, mode: OpenMode, mtime_ns: u64) -> Result<Step, EngineError> {
         if self.shutting_down {
             // An open still waiting when shutdown began would leave a
             // handle nobody releases.
@@ -1864,6 +1911,9 @@ impl Engine {
         }
         let truncate = mode.truncate && mode.write && file.size > 0;
         if truncate {
+            if !self.turn_of(seq, file_id) {
+                return Ok(Step::WaitTurn);
+            }
             if let Some(step) = self.prepare_resize(file_id, 0)? {
                 return Ok(step);
             }
@@ -2237,6 +2287,13 @@ impl Engine {
         if let Some(error) = &file.error {
             return Err(error.clone());
         }
+        if !self.turn_of(op.seq, file_id) {
+            return Ok(Step::WaitTurn);
+        }
+        let file = self
+            .files
+            .get(&file_id)
+            .ok_or_else(|| internal("handle of an unknown file"))?;
         if file.reload && *done == 0 {
             if let Some(step) = self.reload_first(file_id)? {
                 return Ok(step);
@@ -2538,7 +2595,11 @@ impl Engine {
         if let Some(error) = &file.error {
             return Err(error.clone());
         }
-        if file.reload {
+        let reload = file.reload;
+        if !self.turn_of(op.seq, file_id) {
+            return Ok(Step::WaitTurn);
+        }
+        if reload {
             if let Some(step) = self.reload_first(file_id)? {
                 return Ok(step);
             }
@@ -2759,10 +2820,16 @@ impl Engine {
                 self.ios.len()
             ));
         }
+        let first_change = self.waiting_changes();
         for op in &self.ops {
             let waits_on_time = op.deadline.is_some();
             let has_io = !self.ios.is_empty();
-            if !waits_on_time && !has_io {
+            // The change ahead of it has the deadline or the I/O.
+            let waits_turn = self
+                .change_target(&op.kind)
+                .and_then(|file| first_change.get(&file))
+                .is_some_and(|&first| first < op.seq);
+            if !waits_on_time && !has_io && !waits_turn {
                 return Err(format!(
                     "request {} waits with no I/O pending and no deadline",
                     op.request

@@ -747,3 +747,72 @@ fn a_reader_starting_at_offset_0_gets_read_ahead_with_its_first_miss() {
     assert_eq!(h.engine.stats().prefetches, before);
     h.release(g);
 }
+
+/// Found by engine_ops: a truncate of a file was carried out while a write
+/// of it waited for a buffer between two blocks, and the write then stored
+/// the rest past the new end: a result neither order of the two gives.
+#[test]
+fn a_truncate_waits_for_a_write_of_its_file_that_is_part_way() {
+    let mut config = EngineConfig::new(BS, 2);
+    config.prefetch_blocks = 0;
+    let mut h = Harness::with_config(config);
+    let other = h.open("other", true, true);
+    let f = h.open("a", true, true);
+    // A full block of another file goes to storage, holding one buffer.
+    h.write(other, 0, &pattern(100, 1));
+    assert_eq!(h.pending.len(), 1);
+    // Block 0 takes the last buffer and is staged too; block 1 waits.
+    let write = h.submit(Request::Write {
+        handle: f,
+        offset: 0,
+        data: pattern(200, 2),
+        mtime_ns: 2,
+    });
+    assert!(!h.replies.contains_key(&write), "the write waits for a buffer");
+    let truncate = h.submit(Request::Truncate {
+        handle: f,
+        size: 0,
+        mtime_ns: 3,
+    });
+    assert!(!h.replies.contains_key(&truncate), "the truncate waits for the write");
+    h.run_io();
+    assert_eq!(h.replies.remove(&write), Some(Ok(Reply::Written(200))));
+    assert_eq!(h.replies.remove(&truncate), Some(Ok(Reply::Done)));
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    h.release(other);
+    assert_eq!(h.store.data("a"), Some(&[][..]));
+}
+
+/// A change waiting for an earlier change of its file has no deadline of
+/// its own: when the earlier write runs out of time waiting for a buffer,
+/// the change behind it goes ahead in the same tick instead of failing with
+/// it.
+#[test]
+fn a_change_behind_a_write_that_times_out_goes_ahead() {
+    let mut h = Harness::new(BS, 1);
+    let f = h.open("a", true, true);
+    // Unlinked, its dirty block can be neither staged nor evicted, so the
+    // write's second block waits for a buffer with no I/O to wait for.
+    h.engine.unlink("a");
+    let data = pattern(200, 4);
+    let write = h.submit(Request::Write {
+        handle: f,
+        offset: 0,
+        data: data.clone(),
+        mtime_ns: 2,
+    });
+    let truncate = h.submit(Request::Truncate {
+        handle: f,
+        size: 50,
+        mtime_ns: 3,
+    });
+    assert!(!h.replies.contains_key(&write), "the write waits for a buffer");
+    assert!(!h.replies.contains_key(&truncate), "the truncate waits for the write");
+    assert!(h.pending.is_empty());
+    h.advance(30_000);
+    assert_eq!(h.replies.remove(&write), Some(Ok(Reply::Written(100))));
+    assert_eq!(h.replies.remove(&truncate), Some(Ok(Reply::Done)));
+    assert_eq!(h.read(f, 0, 200), data[..50]);
+    h.release(f);
+}

@@ -273,13 +273,10 @@ impl Run {
     fn submit(&mut self, request: Request, pending: Pending) {
         if pending.is_change() {
             if let Some(path) = pending.path() {
+                // The engine applies changes of one file in the order they
+                // arrive, each as a whole, so the model applies them in
+                // the order of their replies.
                 let file = &mut self.files[path];
-                // Changes of one file in flight together may be applied in
-                // either order, and a truncate may land inside a write that
-                // waits between blocks (see fuzz/README.md, known issues).
-                if file.changes_in_flight > 0 {
-                    file.content = Content::Uncertain;
-                }
                 file.changes_in_flight += 1;
                 file.epoch += 1;
             }
