@@ -105,6 +105,8 @@ struct Handle {
     writable: bool,
     /// End of the previous read, for sequential detection.
     last_read_end: Option<u64>,
+    /// Length of the previous read.
+    last_read_len: u64,
     /// Blocks to read ahead; grows while reads stay sequential.
     window: u32,
     /// Reads in a row that continued the previous one.
@@ -267,6 +269,15 @@ fn internal(what: impl Into<String>) -> EngineError {
 
 /// Adjacent reads in a row after which a reader counts as sequential.
 const SEQUENTIAL_STREAK: u32 = 2;
+
+/// How far behind the end of the previous read a read may start and still
+/// continue it, at the least: the kernel sends the pieces of its read-ahead
+/// on several threads, so a sequential reader's reads arrive a little out of
+/// order.
+const REORDER_SLACK_MIN: u64 = 256 * 1024;
+
+/// The same slack in previous read lengths, for readers of large pieces.
+const REORDER_SLACK_READS: u64 = 4;
 
 /// Alignment of the range a random reader's miss fetches.
 const PARTIAL_FETCH_ALIGN: usize = 4096;
@@ -1936,6 +1947,7 @@ impl Engine {
                 file: file_id,
                 writable: mode.write,
                 last_read_end: None,
+                last_read_len: 0,
                 window: 0,
                 streak: 0,
             },
@@ -2155,8 +2167,16 @@ impl Engine {
         let Some(state) = self.handles.get_mut(&handle) else {
             return Ok(());
         };
+        // The slack stays small next to the file: a random reader landing
+        // within it of its previous read twice in a row would otherwise
+        // count as sequential and read whole blocks ahead for nothing.
+        let slack = state
+            .last_read_len
+            .saturating_mul(REORDER_SLACK_READS)
+            .max(REORDER_SLACK_MIN)
+            .min(block_size);
         let sequential = match state.last_read_end {
-            Some(previous) => offset <= previous && previous.saturating_sub(offset) < block_size || offset == previous,
+            Some(previous) => offset <= previous && previous.saturating_sub(offset) <= slack,
             None => offset == 0,
         };
         state.streak = if sequential { state.streak.saturating_add(1) } else { 0 };
@@ -2174,6 +2194,7 @@ impl Engine {
             0
         };
         state.last_read_end = Some(end);
+        state.last_read_len = end.saturating_sub(offset);
         let window = state.window;
         let file_id = state.file;
         if window == 0 || end == 0 {

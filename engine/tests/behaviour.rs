@@ -489,6 +489,43 @@ fn one_adjacent_read_does_not_make_a_random_reader_sequential() {
 }
 
 #[test]
+fn random_reads_landing_behind_the_previous_one_in_the_same_block_stay_random() {
+    let block = 1024 * 1024;
+    let mut h = Harness::new(block, 16);
+    let data = pattern(8 * block as usize, 9);
+    h.store.put_blob("b", data.clone());
+    let f = h.open("b", false, false);
+    // Three random 4 KiB reads, each some 300-700 KiB behind the previous
+    // one inside one large block: far for a reader of 4 KiB pieces.
+    for at in [3 * block + 900_000, 3 * block + 500_000, 3 * block + 200_000] {
+        let offset = at as usize;
+        assert_eq!(h.read(f, at, 4096), data[offset..offset + 4096].to_vec());
+        h.run_io();
+    }
+    assert_eq!(h.engine.stats().prefetches, 0);
+    assert!(
+        h.engine.stats().bytes_fetched <= 3 * 8192,
+        "fetched {} bytes for three 4 KiB reads",
+        h.engine.stats().bytes_fetched
+    );
+    // A sequential reader whose pieces arrive a little out of order, as
+    // the kernel's read-ahead threads send them, still counts as one.
+    let g = h.open("b", false, false);
+    let piece = 128 * 1024;
+    for index in [0u64, 2, 1, 3, 5, 4, 6] {
+        let offset = (index * piece) as usize;
+        assert_eq!(
+            h.read(g, index * piece, piece as u32),
+            data[offset..offset + piece as usize].to_vec()
+        );
+        h.run_io();
+    }
+    assert!(h.engine.stats().prefetches > 0);
+    h.release(f);
+    h.release(g);
+}
+
+#[test]
 fn a_block_evicted_to_staged_during_a_write_never_commits_half_of_it() {
     let mut config = EngineConfig::new(BS, 2);
     config.prefetch_blocks = 0;
