@@ -468,17 +468,44 @@ impl Engine {
             .is_some_and(|f| f.handles > 0)
     }
 
-    /// The blob was deleted: the name no longer reaches the cached file.
-    /// Handles still open keep working on the detached file, and nothing is
-    /// ever committed under the deleted name again.
+    /// The blob is being deleted: the name no longer reaches the cached
+    /// file. Handles still open keep working on the detached file, and
+    /// nothing is ever committed under the deleted name again. A commit
+    /// already sent to storage cannot be taken back: the caller deletes the
+    /// blob after it ends (see [`Engine::commit_in_flight`]), or the commit
+    /// would bring the blob back behind the delete.
     pub fn unlink(&mut self, path: &str) {
         if let Some(id) = self.paths.remove(path) {
+            let mut unsent = None;
             if let Some(file) = self.files.get_mut(&id) {
                 file.path = None;
+                if let CommitPhase::Committing(io) = file.commit {
+                    if self.ios.get(&io).is_some_and(|task| !task.issued) {
+                        file.commit = CommitPhase::Idle;
+                        file.commits_finished = file.commits_started;
+                        unsent = Some(io);
+                    }
+                }
+            }
+            if let Some(io) = unsent {
+                self.cancel_io(io);
             }
             self.discard_if_unused(id);
         }
         self.pump();
+    }
+
+    /// The file cached under `path`, if any.
+    pub fn file_at(&self, path: &str) -> Option<FileId> {
+        self.paths.get(path).copied()
+    }
+
+    /// Whether a commit of the file has been sent to storage and not answered.
+    pub fn commit_in_flight(&self, file_id: FileId) -> bool {
+        self.files.get(&file_id).is_some_and(|file| match file.commit {
+            CommitPhase::Committing(io) => self.ios.get(&io).is_some_and(|task| task.issued),
+            _ => false,
+        })
     }
 
     /// The blob `from` was renamed to `to` in storage; `version` is the

@@ -853,3 +853,50 @@ fn a_change_behind_a_write_that_times_out_goes_ahead() {
     assert_eq!(h.read(f, 0, 200), data[..50]);
     h.release(f);
 }
+
+#[test]
+fn unlink_takes_back_a_commit_not_yet_sent() {
+    let mut config = EngineConfig::new(BS, 4);
+    config.parallelism = 1;
+    let mut h = Harness::with_config(config);
+    h.store.put_blob("a", pattern(300, 7));
+    let a = h.open("a", false, false);
+    // A new file: its commit needs no stage.
+    let n = h.open("n", true, true);
+    // A read of "a" holds the only I/O slot, so the commit of "n" that its
+    // release starts stays queued.
+    let read = h.submit(Request::Read {
+        handle: a,
+        offset: 0,
+        len: 10,
+    });
+    assert_eq!(h.pending.len(), 1);
+    let file = h.engine.file_at("n").unwrap();
+    let release = h.submit(Request::Release { handle: n });
+    assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Done)));
+    assert!(h.engine.activity(file).committing);
+    h.engine.unlink("n");
+    assert!(!h.engine.commit_in_flight(file));
+    h.run_io();
+    assert!(h.replies.remove(&read).is_some());
+    assert!(
+        h.store.data("n").is_none(),
+        "a commit queued before the unlink recreated the blob"
+    );
+    h.release(a);
+}
+
+#[test]
+fn unlink_during_a_commit_in_flight_says_so_until_it_ends() {
+    let mut h = Harness::new(BS, 4);
+    let n = h.open("n", true, true);
+    let file = h.engine.file_at("n").unwrap();
+    let release = h.submit(Request::Release { handle: n });
+    assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Done)));
+    assert_eq!(h.pending.len(), 1);
+    h.engine.unlink("n");
+    // The shell deletes the blob only once this is false.
+    assert!(h.engine.commit_in_flight(file));
+    h.run_io();
+    assert!(!h.engine.commit_in_flight(file));
+}

@@ -878,10 +878,16 @@ impl BlobFs {
             return Err(FsError::IsDirectory(path.to_string()));
         }
         let was_live = self.live_attr(path).is_some();
-        {
+        let committing = {
             let mut state = lock(&self.inner.state);
+            let file = state.engine.file_at(path);
             state.engine.unlink(path);
             self.drain(&mut state);
+            file.filter(|file| state.engine.commit_in_flight(*file))
+        };
+        if let Some(file) = committing {
+            // A commit that lands after the delete would bring the blob back.
+            self.wait_for_commit(file).await;
         }
         self.forget_attr(path);
         let store = &self.inner.store;
@@ -890,6 +896,18 @@ impl BlobFs {
             // A new file that was never committed has nothing in storage.
             Err(StorageError::NotFound(_)) if was_live => Ok(()),
             Err(error) => Err(storage_error(path, error)),
+        }
+    }
+
+    /// Waits until no commit of the file is in flight. Commits are bounded
+    /// by the request timeout and the attempts, so this ends.
+    async fn wait_for_commit(&self, file: engine::FileId) {
+        loop {
+            let stepped = self.inner.stepped.notified();
+            if !lock(&self.inner.state).engine.commit_in_flight(file) {
+                return;
+            }
+            stepped.await;
         }
     }
 

@@ -6,7 +6,9 @@
 
 use blobcache::storage::local::LocalStore;
 use blobcache::storage::memory::MemoryStore;
-use blobcache::storage::BlobStore;
+use blobcache::storage::{
+    BlobProperties, BlobStore, BlockId, CommittedBlock, Condition, ETag, Listing, StorageError, StorageResult,
+};
 use blobcache::{BlobFs, CacheOptions, FileKind, FsError, OpenOptions};
 use std::sync::Arc;
 
@@ -192,4 +194,77 @@ async fn conflicting_writers_memory() {
 async fn conflicting_writers_local() {
     let dir = tempfile::tempdir().unwrap();
     conflicting_writers(Arc::new(LocalStore::open(dir.path()).unwrap())).await;
+}
+
+/// A memory store whose commits take effect only after a delay, like a
+/// Put Block List that is slow to answer.
+struct SlowCommits {
+    inner: MemoryStore,
+    delay: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl BlobStore for SlowCommits {
+    fn describe(&self) -> String {
+        "memory with slow commits".into()
+    }
+    async fn get_properties(&self, name: &str) -> StorageResult<BlobProperties> {
+        self.inner.get_properties(name).await
+    }
+    async fn get_block_list(&self, name: &str) -> StorageResult<Vec<CommittedBlock>> {
+        self.inner.get_block_list(name).await
+    }
+    async fn read_range(&self, name: &str, offset: u64, buf: &mut [u8], condition: &Condition) -> StorageResult<usize> {
+        self.inner.read_range(name, offset, buf, condition).await
+    }
+    async fn put_block(&self, name: &str, id: &BlockId, data: bytes::Bytes) -> StorageResult<()> {
+        self.inner.put_block(name, id, data).await
+    }
+    async fn put_block_list(&self, name: &str, blocks: &[BlockId], condition: &Condition) -> StorageResult<ETag> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.put_block_list(name, blocks, condition).await
+    }
+    async fn put_blob(
+        &self,
+        name: &str,
+        data: bytes::Bytes,
+        is_dir_marker: bool,
+        condition: &Condition,
+    ) -> StorageResult<ETag> {
+        self.inner.put_blob(name, data, is_dir_marker, condition).await
+    }
+    async fn delete_blob(&self, name: &str) -> StorageResult<()> {
+        self.inner.delete_blob(name).await
+    }
+    async fn list(&self, prefix: &str) -> StorageResult<Listing> {
+        self.inner.list(prefix).await
+    }
+    async fn copy_blob(&self, from: &str, to: &str) -> StorageResult<ETag> {
+        self.inner.copy_blob(from, to).await
+    }
+    async fn check_access(&self) -> StorageResult<()> {
+        self.inner.check_access().await
+    }
+}
+
+/// The last release of a new file commits it in the background; an unlink
+/// while that commit runs must not be undone by the commit landing after
+/// the delete.
+#[tokio::test]
+async fn unlink_during_a_background_commit_leaves_no_blob() {
+    let store = Arc::new(SlowCommits {
+        inner: MemoryStore::new(),
+        delay: std::time::Duration::from_millis(100),
+    });
+    let fs = BlobFs::new(store.clone(), options(4096, 4)).unwrap();
+    let (handle, _) = fs.create("n", true).await.unwrap();
+    fs.release(handle).await.unwrap();
+    fs.unlink("n").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        matches!(store.get_properties("n").await, Err(StorageError::NotFound(_))),
+        "the commit brought the unlinked blob back"
+    );
+    assert!(matches!(fs.getattr("n").await, Err(FsError::NotFound(_))));
+    fs.shutdown().await.unwrap();
 }
