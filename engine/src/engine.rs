@@ -928,6 +928,9 @@ impl Engine {
                 .ok_or_else(|| internal("commit of an unknown file"))?;
             file.commit = CommitPhase::Idle;
             file.commits_finished = file.commits_started;
+            // A closed file lets go of what the commit had started, the
+            // fetches of blocks it was to stage among them.
+            self.discard_if_unused(file_id);
             return Ok(());
         }
         let count = self.block_count(file.size);

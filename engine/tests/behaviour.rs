@@ -900,3 +900,30 @@ fn unlink_during_a_commit_in_flight_says_so_until_it_ends() {
     h.run_io();
     assert!(!h.engine.commit_in_flight(file));
 }
+
+#[test]
+fn a_background_commit_that_fails_lets_go_of_its_fetches() {
+    let mut h = Harness::new(BS, 4);
+    // Put in one piece: a commit must fetch the blocks it does not hold.
+    h.store.put_blob("c", pattern(300, 8));
+    let f = h.open("c", true, false);
+    h.write(f, 0, b"changed");
+    let file = h.engine.file_at("c").unwrap();
+    let release = h.submit(Request::Release { handle: f });
+    assert_eq!(h.replies.remove(&release), Some(Ok(Reply::Done)));
+    assert!(h.engine.activity(file).fetches > 0);
+    // The stage of the written block fails: the commit is given up.
+    assert!(matches!(h.pending.front().map(|c| &c.kind), Some(IoKind::Stage { .. })));
+    h.fail_one(IoErrorKind::Failed);
+    assert!(!h.engine.activity(file).committing);
+    // Forgotten at once: its fetches are cancelled and only carry their
+    // buffers back.
+    assert!(
+        h.engine.file_at("c").is_none(),
+        "the closed file is kept, fetching for a commit given up"
+    );
+    h.run_io();
+    let occupancy = h.engine.occupancy();
+    assert_eq!(occupancy.files, 0);
+    assert_eq!(occupancy.buffers_free, occupancy.buffers_allocated);
+}
