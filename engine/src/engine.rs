@@ -1136,7 +1136,7 @@ impl Engine {
             // rather than lose what was written.
             self.request_commit(file_id)?;
         }
-        self.discard_if_unused(file_id);
+        self.let_go_if_closed(file_id);
         Ok(())
     }
 
@@ -1681,16 +1681,19 @@ impl Engine {
     pub fn pump(&mut self) {
         loop {
             let mut finished_any = false;
+            let mut ended = Vec::new();
             self.first_change = self.waiting_changes();
             let waiting = self.ops.len();
             for _ in 0..waiting {
                 let Some(mut op) = self.ops.pop_front() else {
                     break;
                 };
+                let file = self.op_file(&op);
                 match self.step(&mut op) {
                     Ok(Step::Done(result)) => {
                         self.unpin(op.pinned.take());
                         self.reply(op.request, result);
+                        ended.extend(file);
                         finished_any = true;
                     }
                     Ok(Step::WaitIo) if !self.ios.is_empty() => {
@@ -1716,6 +1719,7 @@ impl Engine {
                             );
                             let result = partial_result(&op, EngineError::TimedOut(message));
                             self.reply(op.request, result);
+                            ended.extend(file);
                             finished_any = true;
                         } else {
                             self.ops.push_back(op);
@@ -1733,9 +1737,13 @@ impl Engine {
                         self.unpin(op.pinned.take());
                         let result = partial_result(&op, error);
                         self.reply(op.request, result);
+                        ended.extend(file);
                         finished_any = true;
                     }
                 }
+            }
+            for file_id in ended {
+                self.let_go_if_closed(file_id);
             }
             let committing: Vec<FileId> = self
                 .files
@@ -1781,6 +1789,49 @@ impl Engine {
     /// Whether no change of the file that arrived before `seq` still waits.
     fn turn_of(&self, seq: u64, file: FileId) -> bool {
         self.first_change.get(&file).is_none_or(|&first| first >= seq)
+    }
+
+    /// The file a request concerns: its handle's, or the one an open finds
+    /// under its path.
+    fn op_file(&self, op: &Op) -> Option<FileId> {
+        let handle = match &op.kind {
+            OpKind::Open { path, .. } => return self.paths.get(path).copied(),
+            OpKind::Shutdown => return None,
+            OpKind::Read { handle, .. }
+            | OpKind::Write { handle, .. }
+            | OpKind::Flush { handle, .. }
+            | OpKind::Truncate { handle, .. } => handle,
+        };
+        self.handles.get(handle).map(|h| h.file)
+    }
+
+    /// A file nobody has open, waits on or commits needs none of its
+    /// fetches: a request that ended (failed, or an open refused at
+    /// shutdown) can leave a fetch it started with no one to read it.
+    fn let_go_if_closed(&mut self, file_id: FileId) {
+        let Some(file) = self.files.get(&file_id) else {
+            return;
+        };
+        let closed = file.handles == 0
+            && file.commit == CommitPhase::Idle
+            && !self.ops.iter().any(|op| self.op_file(op) == Some(file_id));
+        if closed {
+            let unwanted: Vec<(u64, IoId)> = file
+                .blocks
+                .iter()
+                .filter_map(|(index, block)| match block.state {
+                    BlockState::Loading(io) if block.pins == 0 => Some((*index, io)),
+                    _ => None,
+                })
+                .collect();
+            for (index, io) in unwanted {
+                if let Some(file) = self.files.get_mut(&file_id) {
+                    file.blocks.remove(&index);
+                }
+                self.cancel_io(io);
+            }
+        }
+        self.discard_if_unused(file_id);
     }
 
     fn step(&mut self, op: &mut Op) -> Result<Step, EngineError> {

@@ -927,3 +927,40 @@ fn a_background_commit_that_fails_lets_go_of_its_fetches() {
     assert_eq!(occupancy.files, 0);
     assert_eq!(occupancy.buffers_free, occupancy.buffers_allocated);
 }
+
+#[test]
+fn a_fetch_left_by_a_failed_open_stops_when_the_file_is_closed() {
+    let mut h = Harness::new(BS, 4);
+    h.store.put_blob("t", pattern(250, 9));
+    let f = h.open("t", false, false);
+    // A random read holds part of the last block.
+    assert_eq!(h.read(f, 230, 5), pattern(250, 9)[230..235].to_vec());
+    let file = h.engine.file_at("t").unwrap();
+    // A truncating open needs the whole block and refetches it...
+    let open = h.submit(Request::Open {
+        path: "t".into(),
+        mode: OpenMode {
+            write: true,
+            truncate: true,
+            create: false,
+            exclusive: false,
+        },
+        mtime_ns: 2,
+    });
+    // (after loading the block list a writer needs)
+    assert!(h.complete_one());
+    assert!(!h.replies.contains_key(&open));
+    assert_eq!(h.engine.activity(file).fetches, 1);
+    // ...and is refused when shutdown begins.
+    let shutdown = h.submit(Request::Shutdown);
+    assert!(matches!(h.replies.remove(&open), Some(Err(EngineError::ShuttingDown))));
+    h.release(f);
+    assert!(
+        h.engine.file_at("t").is_none(),
+        "the closed file is kept, fetching for an open that failed"
+    );
+    h.run_io();
+    assert_eq!(h.replies.remove(&shutdown), Some(Ok(Reply::Done)));
+    let occupancy = h.engine.occupancy();
+    assert_eq!(occupancy.buffers_free, occupancy.buffers_allocated);
+}
