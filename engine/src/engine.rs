@@ -2339,6 +2339,11 @@ impl Engine {
             if file.blocks.contains_key(&index) || file.path.is_none() || file.etag.is_none() || file.reload {
                 continue;
             }
+            if file.changed && file.error.is_some() {
+                // What was written may have been dropped: storage has only
+                // the version it replaced, which reads must never show.
+                break;
+            }
             let Some(buffer) = self.take_buffer(true) else {
                 // Memory is short: read ahead less until buffers free up.
                 if let Some(state) = self.handles.get_mut(&handle) {

@@ -964,3 +964,55 @@ fn a_fetch_left_by_a_failed_open_stops_when_the_file_is_closed() {
     let occupancy = h.engine.occupancy();
     assert_eq!(occupancy.buffers_free, occupancy.buffers_allocated);
 }
+
+#[test]
+fn read_ahead_never_brings_back_the_old_content_of_a_dropped_write() {
+    let mut config = EngineConfig::new(BS, 3);
+    config.prefetch_blocks = 2;
+    let mut h = Harness::with_config(config);
+    let old = pattern(400, 5);
+    h.store.put_blob("d", old.clone());
+    let f = h.open("d", true, false);
+    assert_eq!(h.read(f, 0, 100), old[..100].to_vec());
+    h.run_io();
+    // A whole block is written and its stage fails: the file has a sticky
+    // error and the block, dirty, can be dropped to free its buffer.
+    let written = pattern(100, 6);
+    let request = h.submit(Request::Write {
+        handle: f,
+        offset: 200,
+        data: written.clone(),
+        mtime_ns: 2,
+    });
+    assert_eq!(h.replies.remove(&request), Some(Ok(Reply::Written(100))));
+    assert_eq!(h.pending.len(), 1);
+    h.fail_one(IoErrorKind::Failed);
+    // Sequential reads of other blocks go on (those no longer cached fail);
+    // read-ahead drops the written block to make room, then is asked for it
+    // again.
+    for (offset, len) in [
+        (0, 50),
+        (50, 50),
+        (100, 50),
+        (150, 50),
+        (300, 50),
+        (100, 50),
+        (150, 50),
+        (150, 50),
+    ] {
+        match h.call(Request::Read { handle: f, offset, len }) {
+            Ok(Reply::Data(data)) => assert_eq!(data, old[offset as usize..(offset + u64::from(len)) as usize]),
+            other => assert!(matches!(other, Err(EngineError::WriteFailed { .. })), "{other:?}"),
+        }
+        h.run_io();
+    }
+    match h.call(Request::Read {
+        handle: f,
+        offset: 200,
+        len: 100,
+    }) {
+        Ok(Reply::Data(data)) => assert_eq!(data, written, "the read shows the version the write replaced"),
+        other => assert!(matches!(other, Err(EngineError::WriteFailed { .. })), "{other:?}"),
+    }
+    h.release(f);
+}
