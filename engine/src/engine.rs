@@ -875,10 +875,12 @@ impl Engine {
             .files
             .get(&file_id)
             .ok_or_else(|| internal("fetch for an unknown file"))?;
+        // Unlinked while open: its blob is gone, like one deleted by
+        // someone else.
         let path = file
             .path
             .clone()
-            .ok_or_else(|| internal("fetch for an unlinked file"))?;
+            .ok_or_else(|| EngineError::Stale("(deleted while open)".to_string()))?;
         let etag = file
             .etag
             .clone()
@@ -1659,6 +1661,10 @@ impl Engine {
                 }
             }
             Ok(other) => return Err(internal(format!("commit completed with {other:?}"))),
+            // Unlinked or renamed over while the commit ran (a rename onto
+            // its name makes the commit fail): nothing was to be saved under
+            // that name any more, as for a commit never sent.
+            Err(_) if file.path.is_none() => {}
             Err(error) => {
                 let path = file.path.clone().unwrap_or_default();
                 let message = match error.kind {

@@ -1016,3 +1016,48 @@ fn read_ahead_never_brings_back_the_old_content_of_a_dropped_write() {
     }
     h.release(f);
 }
+
+/// Found by shell_ops: a read of an unlinked open file that needed a block
+/// no longer in memory failed as an internal inconsistency. Its blob is
+/// gone, so it fails as stale, like a read of a file deleted by another
+/// client.
+#[test]
+fn a_read_of_an_unlinked_file_that_needs_storage_fails_as_stale() {
+    let mut h = Harness::new(BS, 1);
+    let data = pattern(300, 5);
+    h.store.put_blob("u", data.clone());
+    let f = h.open("u", false, false);
+    assert_eq!(h.read(f, 0, 10), data[..10]);
+    h.engine.unlink("u");
+    h.store.blobs.remove("u");
+    // Block 0 is still in memory; block 1 would have to come from storage.
+    assert_eq!(h.read(f, 10, 10), data[10..20]);
+    let read = h.call(Request::Read {
+        handle: f,
+        offset: 150,
+        len: 10,
+    });
+    assert!(matches!(read, Err(EngineError::Stale(_))), "{read:?}");
+    h.release(f);
+}
+
+/// Found by shell_ops: a rename onto the name of an open file whose commit
+/// was in flight made that commit fail, and the flush waiting for it, and
+/// every later one, reported the failure, though the file had no name left
+/// to save it under.
+#[test]
+fn a_commit_failing_after_its_file_lost_its_name_is_no_error() {
+    let mut h = Harness::new(BS, 4);
+    let f = h.open("b", true, true);
+    h.write(f, 0, &pattern(50, 6));
+    let flush = h.submit(Request::Flush { handle: f });
+    while !matches!(h.pending.front().map(|c| &c.kind), Some(IoKind::Commit { .. })) {
+        assert!(h.complete_one(), "no commit was issued");
+    }
+    h.engine.unlink("b");
+    assert!(h.fail_one(IoErrorKind::PreconditionFailed));
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Done)));
+    assert_eq!(h.flush(f), Ok(Reply::Done));
+    h.release(f);
+    assert_eq!(h.store.data("b"), None);
+}

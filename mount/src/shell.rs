@@ -933,6 +933,13 @@ impl BlobFs {
         if live {
             self.flush_path(from).await?;
         }
+        // The file now under `to` loses its name. A commit of it already
+        // sent lands before the copy, which then replaces it; one landing
+        // after a later unlink of `to` would bring the blob back.
+        let replaced = lock(&self.inner.state).engine.file_at(to);
+        if let Some(file) = replaced {
+            self.wait_for_commit(file).await;
+        }
         let store = &self.inner.store;
         self.with_retries(|| store.copy_blob(from, to))
             .await
@@ -959,9 +966,15 @@ impl BlobFs {
         } else {
             None
         };
-        let mut state = lock(&self.inner.state);
-        state.engine.renamed(from, to, version);
-        self.drain(&mut state);
+        {
+            let mut state = lock(&self.inner.state);
+            state.engine.renamed(from, to, version);
+            self.drain(&mut state);
+        }
+        if let Some(file) = replaced {
+            // One sent while the copy ran.
+            self.wait_for_commit(file).await;
+        }
         Ok(())
     }
 

@@ -268,3 +268,26 @@ async fn unlink_during_a_background_commit_leaves_no_blob() {
     assert!(matches!(fs.getattr("n").await, Err(FsError::NotFound(_))));
     fs.shutdown().await.unwrap();
 }
+
+/// Found by shell_ops: a rename onto the name of a new file whose commit
+/// (from its last release) was in flight, then an unlink of that name: the
+/// commit landed after the unlink's delete and brought the name back.
+#[tokio::test]
+async fn a_rename_over_a_file_being_committed_then_an_unlink_leaves_no_blob() {
+    let store = Arc::new(SlowCommits {
+        inner: MemoryStore::new(),
+        delay: std::time::Duration::from_millis(100),
+    });
+    let fs = BlobFs::new(store.clone(), options(4096, 4)).unwrap();
+    write_file(&fs, "source", b"moved", 5).await;
+    let (handle, _) = fs.create("target", true).await.unwrap();
+    fs.release(handle).await.unwrap();
+    fs.rename("source", "target").await.unwrap();
+    fs.unlink("target").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        matches!(store.get_properties("target").await, Err(StorageError::NotFound(_))),
+        "the commit brought the unlinked blob back"
+    );
+    fs.shutdown().await.unwrap();
+}
