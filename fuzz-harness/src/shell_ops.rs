@@ -1,10 +1,10 @@
 //! The `shell_ops` target: filesystem operations through [`BlobFs`] over the
-//! in-memory backend, on a current-thread tokio runtime, with storage
-//! failures injected where the input says (before or after the request
-//! takes effect). The engine's invariants are checked after every
-//! operation. Until a failure is injected, every answer is checked against
-//! a model of the files, and at the end the files must read back, through
-//! a fresh cache over the same store, as the model says.
+//! in-memory backend, on a current-thread tokio runtime with its clock
+//! paused, with storage failures injected where the input says (before or
+//! after the request takes effect). The engine's invariants are checked
+//! after every operation. Until a failure is injected, every answer is
+//! checked against a model of the files, and at the end the files must read
+//! back, through a fresh cache over the same store, as the model says.
 //!
 //! Retries are off (`max_attempts` 1) so that no real time is spent
 //! sleeping between attempts.
@@ -20,6 +20,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const FILES: [&str; 4] = ["a", "b", "d/x", "d/y"];
 const DIRS: [&str; 3] = ["", "d", "e"];
@@ -65,6 +66,8 @@ struct FaultyStore {
     inner: MemoryStore,
     faults: Mutex<Faults>,
     injected: AtomicBool,
+    /// The last operation waited as long as the cache's buffer timeout.
+    slow: AtomicBool,
 }
 
 impl FaultyStore {
@@ -74,13 +77,20 @@ impl FaultyStore {
         faults.1.insert(at, (fault, after_effect));
     }
 
+    fn disarm(&self) {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner()).1.clear();
+    }
+
     fn next_fault(&self) -> Option<(Fault, bool)> {
         let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
         let call = faults.0;
         faults.0 += 1;
         let fault = faults.1.remove(&call);
-        if fault.is_some() {
+        if let Some((fault, after_effect)) = fault {
             self.injected.store(true, Ordering::SeqCst);
+            if std::env::var_os("BLOBCACHE_FUZZ_TRACE").is_some() {
+                eprintln!("  storage call {call} fails with {fault:?} (after taking effect: {after_effect})");
+            }
         }
         fault
     }
@@ -227,25 +237,44 @@ fn options(block_size: u64, buffers: u64) -> CacheOptions {
     }
 }
 
-/// How long one operation may take before it counts as hung (with the
-/// model checks on): everything is in memory, so only a wait for a timeout
-/// (a buffer, a request) is this slow.
-const HUNG: std::time::Duration = std::time::Duration::from_secs(2);
-/// Otherwise a stalled operation ends the run after this long: the cache
-/// may legitimately wait for its buffer timeout (a minute) after a failure,
-/// and fuzzing time is better spent elsewhere.
-const GIVE_UP: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long, in the runtime's paused time, one operation may take before
+/// it counts as hung. Time only moves when every task waits, so a wait for
+/// a timeout costs no real time.
+const HUNG: Duration = Duration::from_secs(600);
+/// The cache's wait for a free buffer: an operation this slow ran into it.
+const BUFFER_WAIT: Duration = Duration::from_secs(60);
 
-/// The operation's result, or `None` if it stalls. A stall without any
-/// injected failure panics when `BLOBCACHE_FUZZ_SHELL_MODEL` is set (see
-/// fuzz/README.md, known issues).
-async fn timed<T>(store: &FaultyStore, operation: impl std::future::Future<Output = T>) -> Option<T> {
-    let strict = !store.injected.load(Ordering::SeqCst) && std::env::var_os("BLOBCACHE_FUZZ_SHELL_MODEL").is_some();
-    match tokio::time::timeout(if strict { HUNG } else { GIVE_UP }, operation).await {
-        Ok(result) => Some(result),
-        Err(_) if !strict => None,
-        Err(_) => panic!("an operation hung for {HUNG:?} with no storage failure"),
+/// The operation's result; panics if it hangs.
+async fn timed<T: std::fmt::Debug>(store: &FaultyStore, operation: impl std::future::Future<Output = T>) -> T {
+    let started = tokio::time::Instant::now();
+    let result = match tokio::time::timeout(HUNG, operation).await {
+        Ok(result) => result,
+        Err(_) => panic!("an operation hung for {HUNG:?}"),
+    };
+    let took = started.elapsed();
+    if took >= BUFFER_WAIT {
+        store.slow.store(true, Ordering::SeqCst);
     }
+    if std::env::var_os("BLOBCACHE_FUZZ_TRACE").is_some() {
+        eprintln!("  -> {result:?} after {took:?}");
+    }
+    result
+}
+
+/// Whether a file still has a name. What is read from or written to one
+/// without (unlinked, or renamed over, while open) is not checked: a block
+/// of it that is not in memory cannot be fetched once its blob is gone.
+fn named(model: &Model, file: &Content) -> bool {
+    model.names.values().any(|named| Arc::ptr_eq(named, file))
+}
+
+/// Whether a file without a name is open. What
+/// is written to it can be neither staged (there is no name to stage it
+/// under) nor evicted until its last handle closes, so it may come to hold
+/// the whole pool, and then every request that needs a buffer waits for the
+/// buffer timeout.
+fn orphan_open(model: &Model) -> bool {
+    model.handles.iter().any(|(_, file, _)| !named(model, file))
 }
 
 async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Vec<Op>) {
@@ -257,16 +286,31 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
         names: BTreeMap::new(),
         handles: vec![],
     };
-    // The model checks have open findings (fuzz/README.md, known issues), so
-    // they run only when asked for; invariants are always checked.
-    let model_checks = std::env::var_os("BLOBCACHE_FUZZ_SHELL_MODEL").is_some();
-    let checked = |store: &FaultyStore| model_checks && !store.injected.load(Ordering::SeqCst);
-    let sound = |store: &FaultyStore| !store.injected.load(Ordering::SeqCst);
+    // The model follows the files until a failure is injected, or until
+    // an operation runs out of buffers held by a file without a name.
+    let lost = AtomicBool::new(false);
+    let starved = AtomicBool::new(false);
+    let checked = |store: &FaultyStore| {
+        let followed = !store.injected.load(Ordering::SeqCst) && !lost.load(Ordering::SeqCst);
+        if followed && store.slow.swap(false, Ordering::SeqCst) {
+            assert!(
+                starved.load(Ordering::SeqCst),
+                "an operation waited for a buffer for {BUFFER_WAIT:?} with no failure injected"
+            );
+            lost.store(true, Ordering::SeqCst);
+            return false;
+        }
+        followed
+    };
     let span = block_size * 10;
     let trace = std::env::var_os("BLOBCACHE_FUZZ_TRACE").is_some();
+    if trace {
+        eprintln!("block size {block_size}, {buffers} buffers");
+    }
     for op in ops {
         if trace {
             eprintln!("{op:?}");
+            eprintln!("  {:?}", fs.engine_stats().1);
         }
         let pick_handle = |model: &Model, pick: u8| {
             model
@@ -274,13 +318,11 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                 .get(usize::from(pick) % (model.handles.len() + 1))
                 .cloned()
         };
+        starved.store(orphan_open(&model), Ordering::SeqCst);
         match op {
             Op::Create { file, exclusive } => {
                 let name = FILES[usize::from(file) % FILES.len()];
-                let result = match timed(&store, fs.create(name, exclusive)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.create(name, exclusive)).await;
                 if checked(&store) {
                     match (&result, model.names.get(name)) {
                         (Ok((handle, attr)), existing) => {
@@ -306,10 +348,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                     write,
                     truncate: truncate && write,
                 };
-                let result = match timed(&store, fs.open(name, options)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.open(name, options)).await;
                 if checked(&store) {
                     match (&result, model.names.get(name)) {
                         (Ok(handle), Some(file)) => {
@@ -328,16 +367,12 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                     continue;
                 };
                 let offset = u64::from(offset) % span;
-                let result = match timed(
+                let result = timed(
                     &store,
                     fs.read(handle, offset, u32::from(len) % (3 * block_size as u32)),
                 )
-                .await
-                {
-                    Some(result) => result,
-                    None => return,
-                };
-                if checked(&store) {
+                .await;
+                if checked(&store) && named(&model, &file) {
                     let data = content(&file);
                     let start = (offset as usize).min(data.len());
                     let end = (offset as usize + usize::from(len) % (3 * block_size as usize)).min(data.len());
@@ -362,11 +397,8 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                 };
                 let offset = u64::from(offset) % span;
                 let data: Vec<u8> = (0..=len % 40).map(|i| byte.wrapping_add(i)).collect();
-                let result = match timed(&store, fs.write(handle, offset, data.clone())).await {
-                    Some(result) => result,
-                    None => return,
-                };
-                if checked(&store) {
+                let result = timed(&store, fs.write(handle, offset, data.clone())).await;
+                if checked(&store) && named(&model, &file) {
                     match result {
                         Ok(n) => {
                             // A write may end short (before a block that must
@@ -392,10 +424,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                 let Some((handle, _, _)) = pick_handle(&model, handle) else {
                     continue;
                 };
-                let result = match timed(&store, fs.flush(handle)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.flush(handle)).await;
                 if checked(&store) {
                     assert!(result.is_ok(), "flush: {result:?}");
                 }
@@ -404,10 +433,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                 let pick = usize::from(handle) % (model.handles.len() + 1);
                 if pick < model.handles.len() {
                     let (handle, _, _) = model.handles.remove(pick);
-                    let result = match timed(&store, fs.release(handle)).await {
-                        Some(result) => result,
-                        None => return,
-                    };
+                    let result = timed(&store, fs.release(handle)).await;
                     if checked(&store) {
                         assert!(result.is_ok(), "release: {result:?}");
                     }
@@ -426,10 +452,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                     None => FILES[usize::from(file) % FILES.len()],
                 };
                 let through = handle.as_ref().map(|h| h.0);
-                let result = match timed(&store, fs.truncate(name, through, size)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.truncate(name, through, size)).await;
                 if checked(&store) {
                     let target = match &handle {
                         Some((_, file, true)) => Some(file.clone()),
@@ -446,10 +469,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
             }
             Op::Getattr { file } => {
                 let name = FILES[usize::from(file) % FILES.len()];
-                let result = match timed(&store, fs.getattr(name)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.getattr(name)).await;
                 if checked(&store) {
                     match (result, model.names.get(name)) {
                         (Ok(attr), Some(file)) => assert_eq!(attr.size, content(file).len() as u64, "size of {name}"),
@@ -460,13 +480,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
             }
             Op::Readdir { dir } => {
                 let dir = DIRS[usize::from(dir) % DIRS.len()];
-                if let (Ok(entries), true) = (
-                    match timed(&store, fs.readdir(dir)).await {
-                        Some(result) => result,
-                        None => return,
-                    },
-                    checked(&store),
-                ) {
+                if let (Ok(entries), true) = (timed(&store, fs.readdir(dir)).await, checked(&store)) {
                     for name in model.names.keys() {
                         if BlobFs::parent_of(name) == dir {
                             let base = name.rsplit('/').next().unwrap_or_default();
@@ -479,17 +493,11 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                 }
             }
             Op::Mkdir { dir } => {
-                let _ = match timed(&store, fs.mkdir(DIRS[usize::from(dir) % DIRS.len()])).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let _ = timed(&store, fs.mkdir(DIRS[usize::from(dir) % DIRS.len()])).await;
             }
             Op::Rmdir { dir } => {
                 let dir = DIRS[usize::from(dir) % DIRS.len()];
-                let result = match timed(&store, fs.rmdir(dir)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.rmdir(dir)).await;
                 if checked(&store) && result.is_ok() {
                     assert!(
                         !model.names.keys().any(|n| BlobFs::parent_of(n) == dir),
@@ -499,10 +507,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
             }
             Op::Unlink { file } => {
                 let name = FILES[usize::from(file) % FILES.len()];
-                let result = match timed(&store, fs.unlink(name)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.unlink(name)).await;
                 if checked(&store) {
                     match (result, model.names.remove(name)) {
                         (Ok(()), Some(_)) | (Err(_), None) => {}
@@ -513,10 +518,7 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
             Op::Rename { from, to } => {
                 let from = FILES[usize::from(from) % FILES.len()];
                 let to = FILES[usize::from(to) % FILES.len()];
-                let result = match timed(&store, fs.rename(from, to)).await {
-                    Some(result) => result,
-                    None => return,
-                };
+                let result = timed(&store, fs.rename(from, to)).await;
                 // Renaming a name onto itself answers Ok without a look-up.
                 if checked(&store) && from != to {
                     match (result, model.names.contains_key(from)) {
@@ -536,27 +538,28 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
                 after_effect,
             } => store.arm(after, fault, after_effect),
         }
-        // Only checked until a failure is injected: see fuzz/README.md, known issues.
-        if let (Err(error), true) = (fs.check_invariants(), sound(&store)) {
+        // Operations whose answer the model does not check are held to the
+        // same bound.
+        let _ = checked(&store);
+        store.slow.store(false, Ordering::SeqCst);
+        if let Err(error) = fs.check_invariants() {
             panic!("engine invariants: {error}");
         }
     }
+    starved.store(orphan_open(&model), Ordering::SeqCst);
     for (handle, _, _) in std::mem::take(&mut model.handles) {
         let _ = timed(&store, fs.flush(handle)).await;
         let _ = timed(&store, fs.release(handle)).await;
     }
-    if timed(&store, fs.shutdown()).await.is_none() {
-        return;
-    }
-    if !sound(&store) {
-        return;
-    }
+    let _ = timed(&store, fs.shutdown()).await;
     if let Err(error) = fs.check_invariants() {
         panic!("engine invariants after shutdown: {error}");
     }
     if !checked(&store) {
         return;
     }
+    // Failures armed for calls that never came would hit the new cache.
+    store.disarm();
     // What was said to be written is there for a new mount.
     let fresh = match BlobFs::new(store.clone(), options(block_size, buffers)) {
         Ok(fs) => fs,
@@ -575,12 +578,11 @@ async fn run_ops(store: Arc<FaultyStore>, block_size: u64, buffers: u64, ops: Ve
             ),
         )
         .await;
-        let handle = match reopened.unwrap_or_else(|| panic!("reopen {name} hung")) {
+        let handle = match reopened {
             Ok(handle) => handle,
             Err(error) => panic!("reopen {name}: {error}"),
         };
         let got = timed(&store, fresh.read(handle, 0, expected.len() as u32 + 1)).await;
-        let got = got.unwrap_or_else(|| panic!("read of {name} hung"));
         assert!(
             got.as_ref() == Ok(&expected),
             "{name} after remount: {got:?}, expected {expected:?}"
@@ -607,8 +609,13 @@ pub fn run(data: &[u8]) {
         inner: MemoryStore::new(),
         faults: Mutex::new((0, BTreeMap::new())),
         injected: AtomicBool::new(false),
+        slow: AtomicBool::new(false),
     });
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => panic!("tokio runtime: {error}"),
     };
