@@ -907,6 +907,11 @@ impl Engine {
             // A file with a sticky error is never committed again.
             return Err(error.clone());
         }
+        if file.path.is_none() {
+            // Nothing can be committed under a deleted name, so blocks that
+            // exist only as staged blocks cannot be read back.
+            return Err(EngineError::Stale("(deleted while open)".to_string()));
+        }
         if file.commit == CommitPhase::Idle {
             file.commit = CommitPhase::Staging;
             file.commits_started = file.commits_started.saturating_add(1);
@@ -1758,11 +1763,20 @@ impl Engine {
                 .map(|(id, _)| *id)
                 .collect();
             for file_id in committing {
-                if let Err(error) = self.advance_commit(file_id) {
-                    if let Some(file) = self.files.get_mut(&file_id) {
-                        file.error = Some(error);
+                match self.advance_commit(file_id) {
+                    Err(error) => {
+                        if let Some(file) = self.files.get_mut(&file_id) {
+                            file.error = Some(error);
+                        }
+                        finished_any = true;
                     }
-                    finished_any = true;
+                    // Given up without I/O (a sticky error, or no name left):
+                    // whoever waits for the commit must be looked at again,
+                    // as no completion will come to wake them.
+                    Ok(()) if self.files.get(&file_id).is_none_or(|f| f.commit == CommitPhase::Idle) => {
+                        finished_any = true;
+                    }
+                    Ok(()) => {}
                 }
             }
             self.issue_io();

@@ -1061,3 +1061,45 @@ fn a_commit_failing_after_its_file_lost_its_name_is_no_error() {
     h.release(f);
     assert_eq!(h.store.data("b"), None);
 }
+
+/// Found by engine_ops: a background commit given up after its stage
+/// failed ended without I/O, and the shutdown waiting for it was not looked
+/// at again: it waited with no I/O pending and no deadline (or, had it
+/// one, until the buffer timeout).
+#[test]
+fn a_shutdown_waiting_for_a_commit_that_is_given_up_is_answered_at_once() {
+    let mut h = Harness::new(BS, 4);
+    let f = h.open("n", true, true);
+    h.write(f, 0, &pattern(50, 7));
+    h.release(f);
+    assert!(matches!(h.pending.front().map(|c| &c.kind), Some(IoKind::Stage { .. })));
+    let shutdown = h.submit(Request::Shutdown);
+    assert!(!h.replies.contains_key(&shutdown));
+    assert!(h.fail_one(IoErrorKind::Failed));
+    assert!(h.replies.contains_key(&shutdown), "the shutdown still waits");
+}
+
+/// Found by shell_ops: a read of an unlinked open file whose block exists
+/// only as a staged block asked for a commit to read it back, which is
+/// given up at once for a file without a name; the read asked again and
+/// again without end. Such a block cannot be read back: the read fails as
+/// stale at once.
+#[test]
+fn a_read_of_an_unlinked_file_needing_a_staged_only_block_fails_as_stale() {
+    let mut h = Harness::new(BS, 1);
+    let f = h.open("s", true, true);
+    // Block 0 is staged in the background and then evicted to make room
+    // for block 1: it exists only as a staged block.
+    h.write(f, 0, &pattern(150, 8));
+    h.run_io();
+    h.engine.unlink("s");
+    let read = h.call(Request::Read {
+        handle: f,
+        offset: 0,
+        len: 10,
+    });
+    assert!(matches!(read, Err(EngineError::Stale(_))), "{read:?}");
+    h.release(f);
+    h.run_io();
+    assert_eq!(h.store.data("s"), None);
+}
