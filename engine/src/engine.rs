@@ -1334,10 +1334,16 @@ impl Engine {
             }
             (IoPurpose::Stage { .. }, Ok(IoDone::Staged)) => Ok(IoDone::Staged),
             (IoPurpose::Commit { .. }, Ok(done @ IoDone::Committed { .. })) => Ok(done),
-            (_, Ok(other)) => Err(IoError {
-                kind: IoErrorKind::Failed,
-                message: format!("inconsistent completion of I/O {id}: {other:?}"),
-            }),
+            (_, Ok(other)) => {
+                #[cfg(madsim)]
+                if self.config.faults.panic_on_internal {
+                    std::panic::panic_any(format!("inconsistent completion of I/O {id}: {other:?}"));
+                }
+                Err(IoError {
+                    kind: IoErrorKind::Failed,
+                    message: format!("inconsistent completion of I/O {id}: {other:?}"),
+                })
+            }
             (_, Err(error)) => Err(error),
         };
         match task.purpose {

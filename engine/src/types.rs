@@ -91,7 +91,8 @@ pub struct EngineConfig {
 pub struct SimFaults {
     /// 1.4: a request that fails with an error keeps its pin.
     pub keep_pin_on_error: bool,
-    /// 1.2: an internal inconsistency panics instead of failing the request.
+    /// 1.2: an internal inconsistency, or an I/O completion that does not
+    /// fit its command, panics instead of failing the request.
     pub panic_on_internal: bool,
     /// 1.3: an open while the last release's commit is running reloads the
     /// file from storage as if nobody used it.

@@ -36,6 +36,9 @@ pub struct StoreFaults {
     pub p_commit_lost_reply: f64,
     /// Extra time every commit takes.
     pub commit_delay_ms: u64,
+    /// A read answers that it filled one byte more than it was given room
+    /// for: the answer of a broken server or driver (scenario 1.2 only).
+    pub p_garbled_read: f64,
 }
 
 /// Relative weights of client operations.
@@ -133,6 +136,7 @@ impl Params {
                 p_412: prob(rng, 0.15, 0.05),
                 p_commit_lost_reply: prob(rng, 0.2, 0.05),
                 commit_delay_ms: if rng.gen_bool(0.3) { rng.gen_range(0..2000) } else { 0 },
+                p_garbled_read: 0.0,
             }
         } else {
             StoreFaults {

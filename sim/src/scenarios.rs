@@ -104,6 +104,9 @@ fn two_mounts_one_file(p: &mut Params, _seed: u64) {
 
 fn inconsistent_states(p: &mut Params, _seed: u64) {
     p.faults.p_hang = 0.0;
+    p.faults.p_garbled_read = 0.05;
+    p.mix.seq_read = p.mix.seq_read.max(4);
+    p.mix.random_read = p.mix.random_read.max(4);
     p.mix.unlink = 4;
     p.mix.write = 10;
     p.mix.append = 3;
@@ -268,7 +271,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         id: "1.2",
         title: "inconsistent states become errors",
-        mark: "internal inconsistency reported as an error",
+        mark: "inconsistent input reported as an error",
         fault: "panic_on_internal",
         seeds: 200,
         tweak: inconsistent_states,

@@ -265,6 +265,19 @@ impl BlobStore for SimStore {
         let latency = self.gate(Kind::Read, name, buf.len()).await?;
         let result = self.inner.read_range(name, offset, buf, condition).await;
         self.finish(Kind::Read, name, latency, &result).await;
+        // Drawn only where asked for, so that other worlds' draws, and so
+        // their seeds, stay as they were.
+        let garbled = result.is_ok()
+            && self.faults.p_garbled_read > 0.0
+            && self.faults_on.load(Ordering::SeqCst)
+            && madsim::rand::thread_rng().gen_bool(self.faults.p_garbled_read.clamp(0.0, 1.0));
+        if garbled {
+            let claimed = buf.len().saturating_add(1);
+            self.trace.event(now_ms(), || {
+                format!("store Read {name}: answer claims {claimed} bytes (injected)")
+            });
+            return Ok(claimed);
+        }
         result
     }
 

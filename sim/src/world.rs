@@ -268,8 +268,8 @@ impl Client {
             return;
         };
         let text = error.to_string();
-        if text.contains("internal inconsistency") {
-            self.world.mark("internal inconsistency reported as an error");
+        if text.contains("internal inconsistency") || text.contains("inconsistent completion") {
+            self.world.mark("inconsistent input reported as an error");
         }
         if text.contains("no cache buffer became free") {
             self.world.mark("request timed out waiting for a buffer");
