@@ -981,7 +981,7 @@ impl Engine {
                 },
             }
         }
-        if complete {
+        if complete && !self.write_part_way(file_id) {
             let path = file
                 .path
                 .clone()
@@ -1035,6 +1035,17 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Whether a write to the file has stored part of its bytes and not
+    /// yet ended.
+    fn write_part_way(&self, file_id: FileId) -> bool {
+        self.ops.iter().any(|op| match &op.kind {
+            OpKind::Write { handle, done, .. } => {
+                *done > 0 && self.handles.get(handle).is_some_and(|h| h.file == file_id)
+            }
+            _ => false,
+        })
     }
 
     /// The committed id holding exactly block `index` of length `len`, if
@@ -2436,7 +2447,15 @@ impl Engine {
             .files
             .get(&file_id)
             .ok_or_else(|| internal("handle of an unknown file"))?;
-        if file.commit != CommitPhase::Idle || file.background_stages >= max_background_stages(&self.config) {
+        // A write that has stored bytes goes on while a commit stages, and
+        // the commit waits for it to end, so that it holds all of the write
+        // or none; a write yet to store a byte waits for the commit.
+        let commit_waits = match file.commit {
+            CommitPhase::Idle => false,
+            CommitPhase::Staging => *done == 0,
+            CommitPhase::Committing(_) => true,
+        };
+        if commit_waits || file.background_stages >= max_background_stages(&self.config) {
             return Ok(Step::WaitIo);
         }
         if *done == 0 {

@@ -1103,3 +1103,28 @@ fn a_read_of_an_unlinked_file_needing_a_staged_only_block_fails_as_stale() {
     h.run_io();
     assert_eq!(h.store.data("s"), None);
 }
+
+#[test]
+fn a_flush_during_a_write_commits_all_of_it_or_none() {
+    let mut config = EngineConfig::new(BS, 2);
+    config.prefetch_blocks = 0;
+    let mut h = Harness::with_config(config);
+    let f = h.open("w", true, true);
+    // Both buffers go to the background stages of the first two blocks,
+    // so the write waits for a buffer part-way, and a flush comes in.
+    let data = pattern(250, 4);
+    let write = h.submit(Request::Write {
+        handle: f,
+        offset: 0,
+        data: data.clone(),
+        mtime_ns: 2,
+    });
+    assert!(!h.replies.contains_key(&write));
+    let flush = h.submit(Request::Flush { handle: f });
+    h.run_io();
+    assert_eq!(h.replies.remove(&write), Some(Ok(Reply::Written(250))));
+    assert_eq!(h.replies.remove(&flush), Some(Ok(Reply::Done)));
+    assert_eq!(h.store.data("w"), Some(&data[..]));
+    h.release(f);
+    assert_eq!(h.read_all("w"), data);
+}
