@@ -2038,11 +2038,15 @@ impl Engine {
         if exists && mode.create && mode.exclusive {
             return Ok(Step::Done(Err(EngineError::Exists(path.to_string()))));
         }
-        let truncate = mode.truncate && mode.write && file.size > 0;
-        if truncate {
-            if !self.turn_of(seq, file_id) {
-                return Ok(Step::WaitTurn);
-            }
+        let truncates = mode.truncate && mode.write;
+        let size_now = file.size;
+        // Its turn comes even when the file is empty now: a change that
+        // arrived before it (a write or a truncate waiting for a buffer or
+        // a commit) may still make it longer.
+        if truncates && !self.turn_of(seq, file_id) {
+            return Ok(Step::WaitTurn);
+        }
+        if truncates && size_now > 0 {
             if let Some(step) = self.prepare_resize(file_id, 0)? {
                 return Ok(step);
             }

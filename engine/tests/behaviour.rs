@@ -1128,3 +1128,40 @@ fn a_flush_during_a_write_commits_all_of_it_or_none() {
     h.release(f);
     assert_eq!(h.read_all("w"), data);
 }
+
+/// Found by engine_ops: a truncating open of a file that was empty at that
+/// moment was answered at once, ahead of a truncate that had arrived
+/// before it and waited for a commit; the truncate then made the file
+/// longer again, so it ended with the truncate's size rather than empty.
+#[test]
+fn a_truncating_open_of_an_empty_file_waits_for_an_earlier_change() {
+    let mut h = Harness::new(BS, 4);
+    let f = h.open("t", true, true);
+    let flush = h.submit(Request::Flush { handle: f });
+    assert!(!h.replies.contains_key(&flush), "the commit of the new file runs");
+    let truncate = h.submit(Request::Truncate {
+        handle: f,
+        size: 23,
+        mtime_ns: 3,
+    });
+    assert!(!h.replies.contains_key(&truncate), "the truncate waits for the commit");
+    let open = h.submit(Request::Open {
+        path: "t".into(),
+        mode: OpenMode {
+            write: true,
+            truncate: true,
+            create: false,
+            exclusive: false,
+        },
+        mtime_ns: 4,
+    });
+    h.run_io();
+    assert_eq!(h.replies.remove(&truncate), Some(Ok(Reply::Done)));
+    let Some(Ok(Reply::Opened { handle: g, .. })) = h.replies.remove(&open) else {
+        panic!("the open failed");
+    };
+    assert_eq!(h.flush(g), Ok(Reply::Done));
+    h.release(g);
+    h.release(f);
+    assert_eq!(h.store.data("t"), Some(&[][..]));
+}
