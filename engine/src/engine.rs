@@ -1346,13 +1346,14 @@ impl Engine {
             (IoPurpose::Stage { .. }, Ok(IoDone::Staged)) => Ok(IoDone::Staged),
             (IoPurpose::Commit { .. }, Ok(done @ IoDone::Committed { .. })) => Ok(done),
             (_, Ok(other)) => {
+                let message = format!("inconsistent completion of I/O {id}: {other:?}");
                 #[cfg(madsim)]
                 if self.config.faults.panic_on_internal {
-                    std::panic::panic_any(format!("inconsistent completion of I/O {id}: {other:?}"));
+                    std::panic::panic_any(message);
                 }
                 Err(IoError {
                     kind: IoErrorKind::Failed,
-                    message: format!("inconsistent completion of I/O {id}: {other:?}"),
+                    message,
                 })
             }
             (_, Err(error)) => Err(error),
